@@ -1,0 +1,151 @@
+"""Resolve a channel identity to its unified user, creating both on first sight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from identity.models import Identity, User
+
+
+@dataclass(frozen=True)
+class Profile:
+    display_name: str | None = None
+    username: str | None = None
+    phone: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    id: str
+    entity_id: str
+    display_name: str | None
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    channel: str
+    account: str
+    channel_user_id: str
+    display_name: str | None
+    username: str | None
+    phone: str | None
+
+
+def _resolved(user: User) -> ResolvedUser:
+    return ResolvedUser(id=user.id, entity_id=user.entity_id, display_name=user.display_name)
+
+
+class IdentityService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def resolve(
+        self, channel: str, account: str, channel_user_id: str, profile: Profile | None = None
+    ) -> ResolvedUser:
+        """The user behind this identity; race-safe on first sight (one user per identity)."""
+        profile = profile or Profile()
+        found = await self._find(channel, account, channel_user_id, profile)
+        if found is not None:
+            return found
+        try:
+            async with self._sessions.begin() as session:
+                user = User(display_name=profile.display_name or profile.username)
+                session.add(user)
+                await session.flush()
+                session.add(
+                    Identity(
+                        channel=channel,
+                        account=account,
+                        channel_user_id=channel_user_id,
+                        user_id=user.id,
+                        display_name=profile.display_name,
+                        username=profile.username,
+                        phone=profile.phone,
+                    )
+                )
+            return _resolved(user)
+        except IntegrityError:
+            # Another request created it first; theirs is the one.
+            found = await self._find(channel, account, channel_user_id, profile)
+            if found is None:  # pragma: no cover - the unique row cannot vanish in between
+                raise
+            return found
+
+    async def _find(
+        self, channel: str, account: str, channel_user_id: str, profile: Profile
+    ) -> ResolvedUser | None:
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    select(Identity, User)
+                    .join(User, User.id == Identity.user_id)
+                    .where(
+                        Identity.channel == channel,
+                        Identity.account == account,
+                        Identity.channel_user_id == channel_user_id,
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            identity, user = row
+            _refresh_profile(identity, profile)
+            return _resolved(user)
+
+    async def get(self, user_id: str) -> ResolvedUser | None:
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+            return _resolved(user) if user else None
+
+    async def identities(self, user_id: str) -> list[IdentityInfo]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(Identity).where(Identity.user_id == user_id).order_by(Identity.id)
+            )
+            return [
+                IdentityInfo(
+                    channel=i.channel,
+                    account=i.account,
+                    channel_user_id=i.channel_user_id,
+                    display_name=i.display_name,
+                    username=i.username,
+                    phone=i.phone,
+                )
+                for i in rows
+            ]
+
+    async def list_users(
+        self, *, query: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[tuple[ResolvedUser, list[IdentityInfo]]]:
+        async with self._sessions() as session:
+            stmt = select(User).order_by(User.created_at, User.id).limit(limit).offset(offset)
+            if query:
+                like = f"%{query.lower()}%"
+                matching = select(Identity.user_id).where(
+                    or_(
+                        func.lower(Identity.display_name).like(like),
+                        func.lower(Identity.username).like(like),
+                        func.lower(Identity.channel_user_id).like(like),
+                    )
+                )
+                stmt = stmt.where(
+                    or_(func.lower(User.display_name).like(like), User.id.in_(matching))
+                )
+            users = list(await session.scalars(stmt))
+        return [(_resolved(u), await self.identities(u.id)) for u in users]
+
+    async def count_users(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+
+
+def _refresh_profile(identity: Identity, profile: Profile) -> None:
+    """Keep the latest display name / username / phone the platform gave us."""
+    for field in ("display_name", "username", "phone"):
+        value = getattr(profile, field)
+        if value and getattr(identity, field) != value:
+            setattr(identity, field, value)
