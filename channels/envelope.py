@@ -67,7 +67,9 @@ class Attachment(BaseModel):
     name: str | None = None
     size: int | None = None
     ref: str | None = Field(None, description="Platform file reference the channel can fetch.")
-    data: dict[str, Any] = Field(default_factory=dict, description="Inline data: location, contact card.")
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="Inline data: location, contact card."
+    )
 
 
 class Envelope(BaseModel):
@@ -76,7 +78,9 @@ class Envelope(BaseModel):
     id: str = Field(default_factory=new_id)
     channel: str
     account: str = Field(description="The bot/business account that received it.")
-    native_id: str = Field(description="The platform's id of this event, the dedupe key's last part.")
+    native_id: str = Field(
+        description="The platform's id of this event, the dedupe key's last part."
+    )
     kind: Kind = Kind.MESSAGE
     timestamp: datetime = Field(default_factory=utcnow)
     sender: Sender
@@ -90,13 +94,20 @@ class Envelope(BaseModel):
     mentioned: bool = Field(False, description="The bot was mentioned, replied to or addressed.")
     attachments: list[Attachment] = Field(default_factory=list)
     button_value: str | None = None
-    status: str | None = Field(None, description="For status events: sent, delivered, read, failed.")
+    status: str | None = Field(
+        None, description="For status events: sent, delivered, read, failed."
+    )
     status_error: str | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def dedupe_key(self) -> tuple[str, str, str]:
         return (self.channel, self.account, self.native_id)
+
+    @property
+    def conversation_key(self) -> str:
+        """Names one conversation across all channels and accounts."""
+        return f"{self.channel}:{self.account}:{self.conversation.id}"
 
     @property
     def addressed(self) -> bool:

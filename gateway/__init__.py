@@ -1,0 +1,1 @@
+"""The composition root: settings, the HTTP app, inbox/outbox, CLI."""

@@ -1,0 +1,94 @@
+"""The HTTP face of the gateway: webhooks, health and readiness."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from channels.base import MalformedPayload, VerificationFailed
+from gateway import migrate
+from gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+
+
+def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
+    """`lifespan=False` when the caller starts and stops the gateway itself (tests, CLI)."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if gateway.engine is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            at_head = await migrate.at_head(gateway.engine)
+        except Exception as exc:
+            log.warning("readiness: database unreachable: %s", exc)
+            return JSONResponse({"status": "database unreachable"}, status_code=503)
+        if not at_head:
+            return JSONResponse({"status": "schema not at head"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def webhook(request: Request) -> Response:
+        name = request.path_params["channel"]
+        channel = gateway.channels.get(name)
+        if channel is None:
+            return PlainTextResponse("unknown channel", status_code=404)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_WEBHOOK_BYTES:
+            log.warning("%s webhook rejected: body of %s bytes is too large", name, length)
+            return PlainTextResponse("payload too large", status_code=413)
+        started = time.perf_counter()
+        try:
+            received = await channel.receive(request)
+        except VerificationFailed as exc:
+            log.warning("%s webhook rejected: %s", name, exc)
+            return PlainTextResponse("forbidden", status_code=exc.status_code)
+        except MalformedPayload as exc:
+            log.warning("%s webhook malformed: %s", name, exc)
+            return PlainTextResponse(f"bad request: {exc}", status_code=400)
+        except Exception:
+            log.exception("%s webhook could not be parsed", name)
+            return PlainTextResponse("bad request", status_code=400)
+        try:
+            accepted = await gateway.accept(received.envelopes)
+        except Exception:
+            # Not stored: a 503 makes the platform retry instead of losing the message.
+            log.exception("%s webhook could not be stored", name)
+            return PlainTextResponse("temporarily unavailable", status_code=503)
+        log.info(
+            "%s webhook: %d stored, %d duplicate, %d status in %.1f ms",
+            name,
+            accepted.stored,
+            accepted.duplicates,
+            accepted.statuses,
+            (time.perf_counter() - started) * 1000,
+        )
+        return received.response or PlainTextResponse("ok")
+
+    @contextlib.asynccontextmanager
+    async def lifespan_context(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/webhooks/{channel}", webhook, methods=["GET", "POST"]),
+        ],
+        lifespan=lifespan_context if lifespan else None,
+    )

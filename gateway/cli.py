@@ -1,0 +1,192 @@
+"""The `gateway` command. Heavy imports stay inside the commands that need them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from gateway.settings import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Multi-channel AI gateway.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="Unified users.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    if settings.is_sqlite:
+        path = settings.database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def report_configuration(settings: Settings, disabled: dict[str, list[str]]) -> list[str]:
+    """One line per thing that is off and what turns it on."""
+    lines = []
+    if not settings.llm_configured:
+        lines.append(
+            "LLM: not configured - set LLM_MODEL (and LLM_API_KEY / LLM_API_BASE); "
+            "until then users get a 'not configured' reply."
+        )
+    if not settings.composio_configured:
+        lines.append("Tools (Composio): disabled - set COMPOSIO_API_KEY and COMPOSIO_TOOLKITS.")
+    for name, missing in disabled.items():
+        lines.append(f"{name.title()}: disabled - set {', '.join(missing)}.")
+    if not settings.admin_token.get_secret_value():
+        lines.append("Admin: disabled - set ADMIN_TOKEN.")
+    return lines
+
+
+@app.command()
+def run(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Run the gateway (webhooks, processing, delivery)."""
+    import logging
+
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+    from gateway.registry import build_channels
+    from gateway.runtime import Gateway
+
+    settings = _settings()
+    configure_logging(
+        settings.log_level,
+        unmasked=settings.log_unmasked,
+        json_lines=settings.log_format == "json",
+    )
+    channels, disabled = build_channels(settings)
+    log = logging.getLogger("gateway")
+    for line in report_configuration(settings, disabled):
+        log.warning(line)
+    log.info("channels enabled: %s", ", ".join(c.name for c in channels))
+    gateway = Gateway(settings, channels)
+    uvicorn.run(
+        create_app(gateway),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) + 1,
+    )
+
+
+@app.command()
+def chat(user: str = typer.Option(..., "--user", help="Talk as this console user.")) -> None:
+    """Talk to the assistant from the terminal, through the same pipeline."""
+    _run(_chat(_settings(), user))
+
+
+async def _chat(settings: Settings, user: str) -> None:
+    from channels.console import ConsoleChannel
+    from gateway.logs import configure_logging
+    from gateway.runtime import Gateway
+
+    configure_logging("warning")
+    console = ConsoleChannel()
+    gateway = Gateway(settings, [console])
+    for line in report_configuration(settings, {}):
+        if not line.startswith("Admin"):
+            typer.secho(line, fg="yellow", err=True)
+    await gateway.start()
+    unsubscribe = console.subscribe(
+        lambda m: (
+            typer.secho(f"assistant> {m.text}", fg="cyan")
+            if m.conversation.id == f"dm:{user}" or m.private_to == user
+            else None
+        )
+    )
+    typer.echo(f"Talking as {user!r}. /help lists commands; Ctrl-D quits.")
+    try:
+        while True:
+            try:
+                text = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                break
+            if not text.strip():
+                continue
+            await gateway.accept([console.envelope(user, text)])
+            await gateway.wait_idle(within=settings.llm_timeout_seconds * settings.llm_max_steps)
+    finally:
+        unsubscribe()
+        await gateway.stop()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to the newest revision."""
+
+    async def upgrade() -> str | None:
+        from gateway import migrate
+        from identity.db import create_engine
+
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    settings = _settings()
+    revision = _run(upgrade())
+    typer.echo(f"database at revision {revision}")
+
+
+@users_app.command("list")
+def users_list(
+    query: str = typer.Option("", "--search", "-s", help="Name, username or channel id."),
+    limit: int = typer.Option(50, help="How many."),
+    offset: int = typer.Option(0, help="Skip this many."),
+) -> None:
+    """List unified users and their channel identities."""
+
+    async def listing() -> list[Any]:
+        from gateway import migrate
+        from identity.db import create_engine, session_factory
+        from identity.service import IdentityService
+
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+            service = IdentityService(session_factory(engine))
+            return await service.list_users(query=query or None, limit=limit, offset=offset)
+        finally:
+            await engine.dispose()
+
+    settings = _settings()
+    rows = _run(listing())
+    if not rows:
+        typer.echo("no users")
+        return
+    for user, identities in rows:
+        names = ", ".join(
+            f"{i.channel}:{i.username or i.display_name or i.channel_user_id}" for i in identities
+        )
+        typer.echo(f"{user.id}  {user.display_name or '-':<24} {names}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Delivers the outbox: in order per conversation, with retries, backoff and dead letters.
+
+Private messages (connect links) are the one place where *where* a message goes is
+decided here: they are only ever delivered in a one-to-one conversation with their
+owner. If the platform cannot open one, the group is told so; the message itself is
+never posted there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.base import Channel, PermanentSendError, RateLimited, SendError
+from channels.envelope import OutboundMessage
+from gateway import leases, outbox
+from gateway.leases import PENDING
+from gateway.outbox import DEAD, SENT, OutboxItem
+from identity.db import utcnow
+
+log = logging.getLogger(__name__)
+
+SENT_PRIVATELY = "I've sent you a private message."
+COULD_NOT_DM = (
+    "I couldn't send you a private message. Please open a private chat with me first, "
+    "then ask again there."
+)
+
+
+def backoff_seconds(attempts: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter between half and the whole step."""
+    step = min(cap, base * 2 ** max(attempts - 1, 0))
+    return random.uniform(step / 2, step)
+
+
+@dataclass
+class ClaimedSend:
+    seq: int
+    attempts: int
+    inbox_id: str | None
+    user_id: str | None
+    message: OutboundMessage
+
+
+class OutboxSource:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], owner: str, lease_seconds: float
+    ) -> None:
+        self._sessions = sessions
+        self._owner = owner
+        self._lease = lease_seconds
+
+    async def claim(self, limit: int) -> list[ClaimedSend]:
+        async with self._sessions.begin() as session:
+            rows = await leases.claim(
+                session,
+                OutboxItem,
+                order_key="conversation_key",
+                owner=self._owner,
+                lease_seconds=self._lease,
+                limit=limit,
+            )
+            return [
+                ClaimedSend(r.seq, r.attempts, r.inbox_id, r.user_id, r.message()) for r in rows
+            ]
+
+    async def renew(self, items: list[ClaimedSend]) -> None:
+        async with self._sessions.begin() as session:
+            await leases.renew(
+                session, OutboxItem, [i.seq for i in items], self._owner, self._lease
+            )
+
+    async def release(self) -> None:
+        async with self._sessions.begin() as session:
+            await leases.release_all(session, OutboxItem, self._owner)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        channels: dict[str, Channel],
+        owner: str,
+        max_attempts: int,
+    ) -> None:
+        self._sessions = sessions
+        self._channels = channels
+        self._owner = owner
+        self._max_attempts = max_attempts
+
+    async def __call__(self, item: ClaimedSend) -> None:
+        message = item.message
+        channel = self._channels.get(message.channel)
+        if channel is None:
+            await self._dead(item, f"channel {message.channel!r} is not enabled")
+            return
+        target = message
+        private_from_group = bool(message.private_to and message.conversation.is_group)
+        if private_from_group:
+            assert message.private_to is not None
+            try:
+                conversation = await channel.open_private(message.account, message.private_to)
+            except SendError as exc:
+                log.info("opening a private conversation failed: %s", exc)
+                conversation = None
+            if conversation is None or conversation.is_group:
+                await self._dead(item, "no private conversation with the recipient", COULD_NOT_DM)
+                return
+            target = message.model_copy(
+                update={"conversation": conversation, "thread_id": None, "reply_to_id": None}
+            )
+        try:
+            platform_id = await channel.send(target)
+        except RateLimited as exc:
+            delay = (
+                exc.retry_after if exc.retry_after is not None else backoff_seconds(item.attempts)
+            )
+            await self._retry(item, f"rate limited: {exc}", delay)
+        except PermanentSendError as exc:
+            await self._dead(item, str(exc), COULD_NOT_DM if private_from_group else None)
+        except Exception as exc:  # transient errors and anything unexpected: retry, bounded
+            if item.attempts >= self._max_attempts:
+                await self._dead(item, f"gave up after {item.attempts} attempts: {exc}")
+            else:
+                await self._retry(
+                    item, f"{type(exc).__name__}: {exc}", backoff_seconds(item.attempts)
+                )
+        else:
+            await self._sent(item, platform_id, SENT_PRIVATELY if private_from_group else None)
+
+    async def _sent(self, item: ClaimedSend, platform_id: str, notice: str | None) -> None:
+        async with self._sessions.begin() as session:
+            if (
+                await leases.finish(
+                    session,
+                    OutboxItem,
+                    item.seq,
+                    self._owner,
+                    status=SENT,
+                    sent_at=utcnow(),
+                    platform_message_id=platform_id,
+                    last_error=None,
+                )
+                and notice
+            ):
+                self._notify_group(session, item, notice)
+
+    async def _retry(self, item: ClaimedSend, error: str, delay: float) -> None:
+        log.info("send %s will be retried in %.1fs: %s", item.seq, delay, error)
+        async with self._sessions.begin() as session:
+            await leases.finish(
+                session,
+                OutboxItem,
+                item.seq,
+                self._owner,
+                status=PENDING,
+                last_error=error,
+                available_at=utcnow() + timedelta(seconds=delay),
+            )
+
+    async def _dead(self, item: ClaimedSend, error: str, notice: str | None = None) -> None:
+        log.warning("send %s dead-lettered: %s", item.seq, error)
+        async with self._sessions.begin() as session:
+            if (
+                await leases.finish(
+                    session, OutboxItem, item.seq, self._owner, status=DEAD, last_error=error
+                )
+                and notice
+            ):
+                self._notify_group(session, item, notice)
+
+    def _notify_group(self, session: AsyncSession, item: ClaimedSend, text: str) -> None:
+        message = item.message
+        outbox.enqueue(
+            session,
+            OutboundMessage(
+                channel=message.channel,
+                account=message.account,
+                conversation=message.conversation,
+                text=text,
+                thread_id=message.thread_id,
+                reply_to_id=message.reply_to_id,
+            ),
+            inbox_id=item.inbox_id,
+            user_id=item.user_id,
+        )

@@ -1,0 +1,115 @@
+"""Leased, ordered work queues in the database (the inbox and the outbox share this).
+
+A row is claimable when it is the oldest open row of its ordering key (a user for the
+inbox, a conversation for the outbox) and it is either pending and due, or claimed by a
+worker whose lease ran out (that worker crashed). On Postgres the claim uses
+`FOR UPDATE SKIP LOCKED`, so any number of replicas can claim concurrently and each row
+goes to one of them; on SQLite every transaction is BEGIN IMMEDIATE, which serialises
+claims within the single process that may use the file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db import utcnow
+
+PENDING = "pending"
+PROCESSING = "processing"
+OPEN_STATUSES = (PENDING, PROCESSING)
+
+Row = TypeVar("Row", bound=Any)
+
+
+def worker_id() -> str:
+    """Names this process in lease columns, so a crash can be told apart from a live claim."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def claim(
+    session: AsyncSession,
+    model: type[Row],
+    *,
+    order_key: str,
+    owner: str,
+    lease_seconds: float,
+    limit: int,
+    now: datetime | None = None,
+) -> list[Row]:
+    now = now or utcnow()
+    table = model.__table__
+    earlier = table.alias("earlier")
+    earlier_open = (
+        select(earlier.c.seq)
+        .where(
+            earlier.c[order_key] == table.c[order_key],
+            earlier.c.seq < table.c.seq,
+            earlier.c.status.in_(OPEN_STATUSES),
+        )
+        .exists()
+    )
+    due = or_(
+        and_(table.c.status == PENDING, table.c.available_at <= now),
+        and_(table.c.status == PROCESSING, table.c.lease_until < now),
+    )
+    rows = list(
+        await session.scalars(
+            select(model)
+            .where(due, ~earlier_open)
+            .order_by(table.c.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=table)
+        )
+    )
+    until = now + timedelta(seconds=lease_seconds)
+    for row in rows:
+        row.status = PROCESSING
+        row.lease_owner = owner
+        row.lease_until = until
+        row.attempts = (row.attempts or 0) + 1
+    await session.flush()
+    return rows
+
+
+async def renew(
+    session: AsyncSession, model: type[Row], seqs: list[int], owner: str, lease_seconds: float
+) -> None:
+    if not seqs:
+        return
+    table = model.__table__
+    await session.execute(
+        update(table)
+        .where(table.c.seq.in_(seqs), table.c.lease_owner == owner, table.c.status == PROCESSING)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+    )
+
+
+async def release_all(session: AsyncSession, model: type[Row], owner: str) -> int:
+    """Give back everything this worker still holds (graceful shutdown)."""
+    table = model.__table__
+    result = await session.execute(
+        update(table)
+        .where(table.c.lease_owner == owner, table.c.status == PROCESSING)
+        .values(status=PENDING, lease_owner=None, lease_until=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def finish(
+    session: AsyncSession, model: type[Row], seq: int, owner: str, **values: Any
+) -> bool:
+    """Close a claimed row, only if this worker still holds it (else another took over)."""
+    table = model.__table__
+    result = await session.execute(
+        update(table)
+        .where(table.c.seq == seq, table.c.lease_owner == owner, table.c.status == PROCESSING)
+        .values(lease_owner=None, lease_until=None, **values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,74 @@
+"""Logging setup, with secrets and personal data masked unless explicitly unmasked.
+
+Masking happens on the formatted line, so it covers library loggers too (a Graph API
+URL with a token in it, an exception quoting a phone number).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # Telegram bot tokens: 123456789:AA...
+    (re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"), "[token]"),
+    # Slack tokens, Composio keys, bearer tokens
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]+"), "[token]"),
+    (re.compile(r"\bxapp-[A-Za-z0-9-]+"), "[token]"),
+    (
+        re.compile(
+            r"(?i)\b(bearer|token|api[_-]?key|access_token|secret)([=:\s\"']+)([^\s\"'&,]{6,})"
+        ),
+        r"\1\2[secret]",
+    ),
+    (re.compile(r"\b(?:EAA|ak_|sk-)[A-Za-z0-9_-]{10,}"), "[token]"),
+    # Connect links carry a one-time token bound to one person
+    (re.compile(r"(https?://[^\s/]*connect[^\s/]*/link/)[A-Za-z0-9_-]+"), r"\1[link]"),
+    # Phone numbers: + and 8-15 digits, optionally separated
+    (re.compile(r"(?<![\w.])\+?\d[\d\s().-]{6,18}\d(?![\w.])"), "[phone]"),
+]
+
+
+def mask(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class MaskingFormatter(logging.Formatter):
+    def __init__(self, *, json_lines: bool, unmasked: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.json_lines = json_lines
+        self.unmasked = unmasked
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.json_lines:
+            line = json.dumps(
+                {
+                    "time": self.formatTime(record),
+                    "level": record.levelname.lower(),
+                    "logger": record.name,
+                    "message": record.getMessage(),
+                    **({"exc": self.formatException(record.exc_info)} if record.exc_info else {}),
+                }
+            )
+        else:
+            line = super().format(record)
+        return line if self.unmasked else mask(line)
+
+
+def configure_logging(
+    level: str = "info", *, unmasked: bool = False, json_lines: bool = False
+) -> None:
+    """Unmasked only when both asked for and at debug level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        MaskingFormatter(json_lines=json_lines, unmasked=unmasked and level == "debug")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "LiteLLM", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,255 @@
+"""The running gateway: storage, identity, the kernel pool and the outbox, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from channels.base import Channel
+from channels.envelope import Envelope, Kind
+from gateway import inbox, migrate, outbox
+from gateway.channel_state import DatabaseChannelState
+from gateway.delivery import Deliverer, OutboxSource
+from gateway.leases import worker_id
+from gateway.settings import Settings
+from gateway.turns import InboxSource, TurnRunner
+from identity.db import create_engine, session_factory
+from identity.service import IdentityService, Profile
+from kernel.agent import Agent, AgentConfig
+from kernel.commands import Commands
+from kernel.llm import LLM, LLMConfig
+from kernel.pool import Pool
+from kernel.turn import Tools
+
+log = logging.getLogger(__name__)
+
+ANSWERED_KINDS = frozenset({Kind.MESSAGE, Kind.BUTTON, Kind.UNSUPPORTED})
+
+
+@dataclass
+class Accepted:
+    stored: int = 0
+    duplicates: int = 0
+    statuses: int = 0
+
+
+class Gateway:
+    """Owns every long-lived resource; `start()` and `stop()` bracket its life."""
+
+    def __init__(self, settings: Settings, channels: list[Channel]) -> None:
+        self.settings = settings
+        self.channels: dict[str, Channel] = {c.name: c for c in channels}
+        self.owner = worker_id()
+        self.engine: AsyncEngine | None = None
+        self.sessions: async_sessionmaker[AsyncSession]
+        self.identity: IdentityService
+        self.tools: Tools | None = None
+        self.agent: Agent
+        self.turns: Pool[object]
+        self.sends: Pool[object]
+        self._progress = asyncio.Event()
+        self._started_channels: list[Channel] = []
+        self._app: object | None = None
+
+    @property
+    def app(self):  # type: ignore[no-untyped-def]
+        """The Starlette app for this gateway, when its life is managed by the caller."""
+        if self._app is None:
+            from gateway.app import create_app
+
+            self._app = create_app(self, lifespan=False)
+        return self._app
+
+    # --- life cycle ---------------------------------------------------------------
+    async def start(self, *, process: bool = True) -> None:
+        """Open the database (migrating it), then start processing and the channels."""
+        settings = self.settings
+        self.engine = create_engine(settings.database_url, pool_size=settings.pool_concurrency)
+        await migrate.upgrade(self.engine)
+        self.sessions = session_factory(self.engine)
+        self.identity = IdentityService(self.sessions)
+        self.tools = self._build_tools()
+        self.agent = self._build_agent()
+        lease = settings.lease_seconds
+        runner = TurnRunner(
+            sessions=self.sessions,
+            identity=self.identity,
+            agent=self.agent,
+            channels=self.channels,
+            owner=self.owner,
+            max_attempts=settings.max_attempts,
+            history_messages=settings.history_messages,
+            media_max_bytes=settings.media_max_bytes,
+        )
+        deliverer = Deliverer(
+            sessions=self.sessions,
+            channels=self.channels,
+            owner=self.owner,
+            max_attempts=settings.max_attempts,
+        )
+        self.turns = Pool(
+            "turns",
+            InboxSource(self.sessions, self.owner, lease),
+            self._after(runner, wake_sends=True),
+            concurrency=settings.pool_concurrency,
+            poll_interval=settings.poll_interval_seconds,
+            lease_seconds=lease,
+            on_progress=self._progress.set,
+        )
+        self.sends = Pool(
+            "sends",
+            OutboxSource(self.sessions, self.owner, lease),
+            deliverer,
+            concurrency=max(4, settings.pool_concurrency // 2),
+            poll_interval=settings.poll_interval_seconds,
+            lease_seconds=lease,
+            on_progress=self._progress.set,
+        )
+        if process:
+            self.turns.start()
+            self.sends.start()
+        for channel in self.channels.values():
+            await channel.start(self.accept, DatabaseChannelState(self.sessions, channel.name))
+            self._started_channels.append(channel)
+
+    async def stop(self) -> None:
+        timeout = self.settings.shutdown_timeout_seconds
+        for channel in reversed(self._started_channels):
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("stopping channel %s failed", channel.name)
+        self._started_channels.clear()
+        if self.engine is None:
+            return
+        for pool in (self.turns, self.sends):
+            with contextlib.suppress(Exception):
+                await pool.stop(timeout)
+        aclose = getattr(self.tools, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await self.engine.dispose()
+        self.engine = None
+
+    def _after(self, runner: TurnRunner, *, wake_sends: bool):  # type: ignore[no-untyped-def]
+        async def run(item):  # type: ignore[no-untyped-def]
+            await runner(item)
+            if wake_sends:
+                self.sends.wake()
+
+        return run
+
+    # --- the webhook path -----------------------------------------------------------
+    async def accept(self, envelopes: list[Envelope]) -> Accepted:
+        """Store envelopes durably (deduplicated); returns only after the commit."""
+        accepted = Accepted()
+        rows: list[tuple[Envelope, str, bool]] = []
+        for envelope in envelopes:
+            if envelope.kind == Kind.STATUS:
+                accepted.statuses += 1
+                await self._record_status(envelope)
+                continue
+            sender = envelope.sender
+            user = await self.identity.resolve(
+                envelope.channel,
+                envelope.account,
+                sender.id,
+                Profile(sender.display_name, sender.username, sender.phone),
+            )
+            rows.append((envelope, user.id, self._needs_turn(envelope)))
+        if rows:
+            async with self.sessions.begin() as session:
+                for envelope, user_id, needs_turn in rows:
+                    if await inbox.insert(session, envelope, user_id, needs_turn=needs_turn):
+                        accepted.stored += 1
+                    else:
+                        accepted.duplicates += 1
+        if accepted.stored:
+            self.turns.wake()
+        return accepted
+
+    def _needs_turn(self, envelope: Envelope) -> bool:
+        if envelope.kind not in ANSWERED_KINDS or envelope.sender.is_bot:
+            return False
+        if not envelope.conversation.is_group:
+            return True
+        policy = self.settings.group_reply_policy
+        return policy == "always" or (policy == "mention" and envelope.mentioned)
+
+    async def _record_status(self, envelope: Envelope) -> None:
+        if not envelope.native_message_id or not envelope.status:
+            return
+        async with self.sessions.begin() as session:
+            await outbox.record_delivery(
+                session,
+                envelope.channel,
+                envelope.native_message_id,
+                envelope.status,
+                envelope.status_error,
+            )
+
+    # --- observation ------------------------------------------------------------------
+    async def pending_work(self) -> int:
+        async with self.sessions() as session:
+            return await inbox.open_count(session) + await outbox.open_count(session)
+
+    async def wait_idle(self, within: float = 30.0) -> None:
+        """Return once everything stored has been processed and sent (or dead-lettered)."""
+        async with asyncio.timeout(within):
+            while True:
+                self._progress.clear()
+                if await self.pending_work() == 0:
+                    return
+                # Woken by any finished turn or send; the short bound covers work that is
+                # waiting for its retry time, which completes no task until it is due.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), 0.25)
+
+    # --- composition --------------------------------------------------------------------
+    def _build_tools(self) -> Tools | None:
+        settings = self.settings
+        if not settings.composio_configured:
+            return None
+        from kernel.tools import ComposioTools
+
+        return ComposioTools(
+            api_key=settings.composio_api_key.get_secret_value(),
+            base_url=settings.composio_base_url,
+            toolkits=settings.composio_toolkits,
+            auth_configs=settings.composio_auth_configs,
+            toolkit_versions=settings.composio_toolkit_versions,
+            telemetry=settings.composio_telemetry,
+        )
+
+    def _build_agent(self) -> Agent:
+        settings = self.settings
+        llm = None
+        if settings.llm_configured:
+            llm = LLM(
+                LLMConfig(
+                    model=settings.llm_model,
+                    api_base=settings.llm_api_base,
+                    api_key=settings.llm_api_key.get_secret_value(),
+                    timeout=settings.llm_timeout_seconds,
+                    retries=settings.llm_retries,
+                    transcription_model=settings.transcription_model,
+                )
+            )
+        toolkits = settings.composio_toolkits if self.tools is not None else []
+        commands = Commands(self.identity, self.sessions, self.tools, toolkits)
+        return Agent(
+            AgentConfig(
+                system_prompt=settings.system_prompt,
+                max_steps=settings.llm_max_steps,
+                history_messages=settings.history_messages,
+                vision=settings.llm_vision,
+                toolkits=toolkits,
+            ),
+            llm,
+            self.tools,
+            commands,
+        )

@@ -1,0 +1,173 @@
+"""Runs claimed inbox messages through the agent and commits the outcome atomically.
+
+One transaction closes the inbox row, remembers what was said and writes the replies
+to the outbox, so a crash either loses the whole turn (it is claimed again after the
+lease expires) or keeps all of it; never a reply without its record or the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.base import Channel
+from channels.envelope import Attachment, Envelope, OutboundMessage, Reply
+from gateway import leases, outbox
+from gateway.inbox import DONE, FAILED, InboxItem
+from identity.db import utcnow
+from identity.service import IdentityService
+from kernel import memory
+from kernel.agent import APOLOGY, Agent
+from kernel.turn import TurnInput, TurnResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClaimedMessage:
+    seq: int
+    id: str
+    user_id: str
+    attempts: int
+    envelope: Envelope
+
+
+class InboxSource:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], owner: str, lease_seconds: float
+    ) -> None:
+        self._sessions = sessions
+        self._owner = owner
+        self._lease = lease_seconds
+
+    async def claim(self, limit: int) -> list[ClaimedMessage]:
+        async with self._sessions.begin() as session:
+            rows = await leases.claim(
+                session,
+                InboxItem,
+                order_key="user_id",
+                owner=self._owner,
+                lease_seconds=self._lease,
+                limit=limit,
+            )
+            return [ClaimedMessage(r.seq, r.id, r.user_id, r.attempts, r.envelope()) for r in rows]
+
+    async def renew(self, items: list[ClaimedMessage]) -> None:
+        async with self._sessions.begin() as session:
+            await leases.renew(session, InboxItem, [i.seq for i in items], self._owner, self._lease)
+
+    async def release(self) -> None:
+        async with self._sessions.begin() as session:
+            await leases.release_all(session, InboxItem, self._owner)
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        identity: IdentityService,
+        agent: Agent,
+        channels: dict[str, Channel],
+        owner: str,
+        max_attempts: int,
+        history_messages: int,
+        media_max_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._identity = identity
+        self._agent = agent
+        self._channels = channels
+        self._owner = owner
+        self._max_attempts = max_attempts
+        self._history = history_messages
+        self._media_max_bytes = media_max_bytes
+
+    async def __call__(self, item: ClaimedMessage) -> None:
+        envelope = item.envelope
+        channel = self._channels.get(envelope.channel)
+        if channel is None:
+            await self._commit(
+                item, TurnResult(error=f"channel {envelope.channel!r} is not enabled")
+            )
+            return
+        if item.attempts > self._max_attempts:
+            await self._commit(
+                item,
+                TurnResult(replies=[Reply(text=APOLOGY)], error="gave up after repeated crashes"),
+                channel,
+            )
+            return
+        user = await self._identity.get(item.user_id)
+        if user is None:  # forgotten while queued
+            await self._commit(item, TurnResult(error="user no longer exists"))
+            return
+        async with self._sessions() as session:
+            history = await memory.recent(
+                session, user.id, envelope.conversation_key, self._history
+            )
+
+        async def fetch(attachment: Attachment) -> bytes:
+            return await channel.fetch_attachment(attachment, self._media_max_bytes)
+
+        await _best_effort(channel.typing(envelope), "typing indicator")
+        try:
+            result = await self._agent.run(TurnInput(envelope, user, history, fetch))
+        except Exception as exc:
+            log.exception("turn %s crashed", envelope.id)
+            result = TurnResult(replies=[Reply(text=APOLOGY)], error=f"{type(exc).__name__}: {exc}")
+        await self._commit(item, result, channel)
+        await _best_effort(channel.done(envelope), "progress indicator removal")
+
+    async def _commit(
+        self, item: ClaimedMessage, result: TurnResult, channel: Channel | None = None
+    ) -> None:
+        envelope = item.envelope
+        async with self._sessions.begin() as session:
+            still_ours = await leases.finish(
+                session,
+                InboxItem,
+                item.seq,
+                self._owner,
+                status=FAILED if result.error else DONE,
+                last_error=result.error,
+                finished_at=utcnow(),
+            )
+            if not still_ours:
+                # Our lease ran out and another worker owns the message now: its turn counts.
+                log.warning("turn %s lost its lease; dropping this worker's outcome", envelope.id)
+                await session.rollback()
+                return
+            memory.remember(session, item.user_id, envelope.conversation_key, result.said)
+            if channel is not None:
+                for reply in result.replies:
+                    for message in render(channel, envelope, reply):
+                        outbox.enqueue(session, message, inbox_id=item.id, user_id=item.user_id)
+        if result.error:
+            log.warning("turn %s failed: %s", envelope.id, result.error)
+
+
+def render(channel: Channel, envelope: Envelope, reply: Reply) -> list[OutboundMessage]:
+    """A reply as platform messages, addressed where the envelope came from."""
+    group = envelope.conversation.is_group
+    return [
+        OutboundMessage(
+            channel=envelope.channel,
+            account=envelope.account,
+            conversation=envelope.conversation,
+            text=chunk,
+            thread_id=envelope.thread_id,
+            reply_to_id=envelope.native_message_id if group else None,
+            private_to=envelope.sender.id if reply.private else None,
+        )
+        for chunk in channel.render(reply.text)
+    ]
+
+
+async def _best_effort(awaitable: object, what: str) -> None:
+    try:
+        await awaitable  # type: ignore[misc]
+    except Exception as exc:
+        log.info("%s failed: %s", what, exc)

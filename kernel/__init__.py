@@ -1,0 +1,1 @@
+"""Shared, stateless kernels: scheduling, the agent turn, per-user tools, memory, commands."""

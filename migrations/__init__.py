@@ -1,0 +1,1 @@
+"""Alembic revisions for every table; `gateway.migrate` runs them."""
