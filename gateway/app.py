@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -52,12 +53,15 @@ def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
         try:
             received = await channel.receive(request)
         except VerificationFailed as exc:
+            gateway.metrics.rejected.labels(name, "verification").inc()
             log.warning("%s webhook rejected: %s", name, exc)
             return PlainTextResponse("forbidden", status_code=exc.status_code)
         except MalformedPayload as exc:
+            gateway.metrics.rejected.labels(name, "malformed").inc()
             log.warning("%s webhook malformed: %s", name, exc)
             return PlainTextResponse(f"bad request: {exc}", status_code=400)
         except Exception:
+            gateway.metrics.rejected.labels(name, "unparsable").inc()
             log.exception("%s webhook could not be parsed", name)
             return PlainTextResponse("bad request", status_code=400)
         try:
@@ -66,15 +70,25 @@ def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
             # Not stored: a 503 makes the platform retry instead of losing the message.
             log.exception("%s webhook could not be stored", name)
             return PlainTextResponse("temporarily unavailable", status_code=503)
+        elapsed = time.perf_counter() - started
+        gateway.metrics.ack_seconds.labels(name).observe(elapsed)
         log.info(
             "%s webhook: %d stored, %d duplicate, %d status in %.1f ms",
             name,
             accepted.stored,
             accepted.duplicates,
             accepted.statuses,
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
         )
         return received.response or PlainTextResponse("ok")
+
+    async def metrics(request: Request) -> Response:
+        if gateway.engine is not None:
+            try:
+                await gateway.observe_inbox()
+            except Exception as exc:
+                log.warning("metrics: inbox gauges unavailable: %s", exc)
+        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan_context(app: Starlette) -> AsyncIterator[None]:
@@ -88,6 +102,7 @@ def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
             Route("/webhooks/{channel}", webhook, methods=["GET", "POST"]),
         ],
         lifespan=lifespan_context if lifespan else None,

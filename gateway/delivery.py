@@ -19,6 +19,7 @@ from channels.base import Channel, PermanentSendError, RateLimited, SendError
 from channels.envelope import OutboundMessage
 from gateway import leases, outbox
 from gateway.leases import PENDING
+from gateway.metrics import Metrics
 from gateway.outbox import DEAD, SENT, OutboxItem
 from identity.db import utcnow
 
@@ -87,11 +88,13 @@ class Deliverer:
         channels: dict[str, Channel],
         owner: str,
         max_attempts: int,
+        metrics: Metrics,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
         self._owner = owner
         self._max_attempts = max_attempts
+        self._metrics = metrics
 
     async def __call__(self, item: ClaimedSend) -> None:
         message = item.message
@@ -120,6 +123,7 @@ class Deliverer:
             delay = (
                 exc.retry_after if exc.retry_after is not None else backoff_seconds(item.attempts)
             )
+            self._metrics.rate_limit_wait.labels(message.channel).inc(delay)
             await self._retry(item, f"rate limited: {exc}", delay)
         except PermanentSendError as exc:
             await self._dead(item, str(exc), COULD_NOT_DM if private_from_group else None)
@@ -134,6 +138,7 @@ class Deliverer:
             await self._sent(item, platform_id, SENT_PRIVATELY if private_from_group else None)
 
     async def _sent(self, item: ClaimedSend, platform_id: str, notice: str | None) -> None:
+        self._metrics.outbound.labels(item.message.channel, "sent").inc()
         async with self._sessions.begin() as session:
             if (
                 await leases.finish(
@@ -152,6 +157,7 @@ class Deliverer:
 
     async def _retry(self, item: ClaimedSend, error: str, delay: float) -> None:
         log.info("send %s will be retried in %.1fs: %s", item.seq, delay, error)
+        self._metrics.outbound.labels(item.message.channel, "retry").inc()
         async with self._sessions.begin() as session:
             await leases.finish(
                 session,
@@ -165,6 +171,7 @@ class Deliverer:
 
     async def _dead(self, item: ClaimedSend, error: str, notice: str | None = None) -> None:
         log.warning("send %s dead-lettered: %s", item.seq, error)
+        self._metrics.outbound.labels(item.message.channel, "dead").inc()
         async with self._sessions.begin() as session:
             if (
                 await leases.finish(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -77,6 +77,22 @@ async def insert(
     )
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def depth_and_oldest(session: AsyncSession) -> tuple[int, datetime | None]:
+    row = (
+        await session.execute(
+            select(func.count(), func.min(InboxItem.received_at)).where(
+                InboxItem.status.in_(OPEN_STATUSES)
+            )
+        )
+    ).one()
+    oldest = row[1]
+    if isinstance(oldest, str):  # SQLite aggregates lose the column type
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(row[0] or 0), oldest
 
 
 async def open_count(session: AsyncSession) -> int:

@@ -15,9 +15,10 @@ from gateway import inbox, migrate, outbox
 from gateway.channel_state import DatabaseChannelState
 from gateway.delivery import Deliverer, OutboxSource
 from gateway.leases import worker_id
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.turns import InboxSource, TurnRunner
-from identity.db import create_engine, session_factory
+from identity.db import create_engine, session_factory, utcnow
 from identity.service import IdentityService, Profile
 from kernel.agent import Agent, AgentConfig
 from kernel.commands import Commands
@@ -44,6 +45,7 @@ class Gateway:
         self.settings = settings
         self.channels: dict[str, Channel] = {c.name: c for c in channels}
         self.owner = worker_id()
+        self.metrics = Metrics()
         self.engine: AsyncEngine | None = None
         self.sessions: async_sessionmaker[AsyncSession]
         self.identity: IdentityService
@@ -84,12 +86,14 @@ class Gateway:
             max_attempts=settings.max_attempts,
             history_messages=settings.history_messages,
             media_max_bytes=settings.media_max_bytes,
+            metrics=self.metrics,
         )
         deliverer = Deliverer(
             sessions=self.sessions,
             channels=self.channels,
             owner=self.owner,
             max_attempts=settings.max_attempts,
+            metrics=self.metrics,
         )
         self.turns = Pool(
             "turns",
@@ -149,6 +153,7 @@ class Gateway:
         accepted = Accepted()
         rows: list[tuple[Envelope, str, bool]] = []
         for envelope in envelopes:
+            self.metrics.inbound.labels(envelope.channel, str(envelope.kind)).inc()
             if envelope.kind == Kind.STATUS:
                 accepted.statuses += 1
                 await self._record_status(envelope)
@@ -168,6 +173,7 @@ class Gateway:
                         accepted.stored += 1
                     else:
                         accepted.duplicates += 1
+                        self.metrics.duplicates.labels(envelope.channel).inc()
         if accepted.stored:
             self.turns.wake()
         return accepted
@@ -193,6 +199,15 @@ class Gateway:
             )
 
     # --- observation ------------------------------------------------------------------
+    async def observe_inbox(self) -> None:
+        """Refresh the inbox gauges (called when /metrics is scraped)."""
+        async with self.sessions() as session:
+            depth, oldest = await inbox.depth_and_oldest(session)
+        self.metrics.inbox_depth.set(depth)
+        self.metrics.inbox_oldest.set(
+            (utcnow() - oldest).total_seconds() if oldest is not None else 0
+        )
+
     async def pending_work(self) -> int:
         async with self.sessions() as session:
             return await inbox.open_count(session) + await outbox.open_count(session)

@@ -8,6 +8,7 @@ lease expires) or keeps all of it; never a reply without its record or the rever
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,6 +17,7 @@ from channels.base import Channel
 from channels.envelope import Attachment, Envelope, OutboundMessage, Reply
 from gateway import leases, outbox
 from gateway.inbox import DONE, FAILED, InboxItem
+from gateway.metrics import Metrics
 from identity.db import utcnow
 from identity.service import IdentityService
 from kernel import memory
@@ -75,6 +77,7 @@ class TurnRunner:
         max_attempts: int,
         history_messages: int,
         media_max_bytes: int,
+        metrics: Metrics,
     ) -> None:
         self._sessions = sessions
         self._identity = identity
@@ -84,6 +87,7 @@ class TurnRunner:
         self._max_attempts = max_attempts
         self._history = history_messages
         self._media_max_bytes = media_max_bytes
+        self._metrics = metrics
 
     async def __call__(self, item: ClaimedMessage) -> None:
         envelope = item.envelope
@@ -112,6 +116,7 @@ class TurnRunner:
         async def fetch(attachment: Attachment) -> bytes:
             return await channel.fetch_attachment(attachment, self._media_max_bytes)
 
+        started = time.perf_counter()
         await _best_effort(channel.typing(envelope), "typing indicator")
         try:
             result = await self._agent.run(TurnInput(envelope, user, history, fetch))
@@ -120,6 +125,17 @@ class TurnRunner:
             result = TurnResult(replies=[Reply(text=APOLOGY)], error=f"{type(exc).__name__}: {exc}")
         await self._commit(item, result, channel)
         await _best_effort(channel.done(envelope), "progress indicator removal")
+        self._observe(result, time.perf_counter() - started)
+
+    def _observe(self, result: TurnResult, seconds: float) -> None:
+        metrics = self._metrics
+        metrics.turn_seconds.labels("failed" if result.error else "ok").observe(seconds)
+        if result.llm_seconds:
+            metrics.llm_seconds.observe(result.llm_seconds)
+        metrics.llm_tokens.labels("prompt").inc(result.prompt_tokens)
+        metrics.llm_tokens.labels("completion").inc(result.completion_tokens)
+        for name, outcome in result.tool_outcomes:
+            metrics.tool_calls.labels(toolkit_of(name), outcome).inc()
 
     async def _commit(
         self, item: ClaimedMessage, result: TurnResult, channel: Channel | None = None
@@ -164,6 +180,13 @@ def render(channel: Channel, envelope: Envelope, reply: Reply) -> list[OutboundM
         )
         for chunk in channel.render(reply.text)
     ]
+
+
+def toolkit_of(tool_name: str) -> str:
+    """ASANA_GET_TASKS -> asana; our own connect tool counts as "connect"."""
+    if tool_name == "connect_account":
+        return "connect"
+    return tool_name.split("_", 1)[0].lower()
 
 
 async def _best_effort(awaitable: object, what: str) -> None:

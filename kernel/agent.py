@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,13 +83,18 @@ class Agent:
         result = TurnResult(said=[Said("user", said_text)])
         tools = await self._tool_schemas()
         for _ in range(self.config.max_steps):
+            started = time.perf_counter()
             try:
                 completion = await self.llm.complete(messages, tools or None)
             except LLMError as exc:
+                result.llm_seconds += time.perf_counter() - started
                 log.warning("LLM call failed: %s", exc)
                 result.replies.append(Reply(text=APOLOGY))
                 result.error = str(exc)
                 return result
+            result.llm_seconds += time.perf_counter() - started
+            result.prompt_tokens += completion.prompt_tokens
+            result.completion_tokens += completion.completion_tokens
             if not completion.tool_calls:
                 text = completion.content.strip() or "(no answer)"
                 result.replies.append(Reply(text=text))
@@ -96,8 +102,8 @@ class Agent:
                 return result
             messages.append(completion.as_message())
             for call in completion.tool_calls:
-                result.tool_calls += 1
                 output = await self._run_tool(turn, call.name, call.arguments, result)
+                result.tool_outcomes.append((call.name, "error" if "error" in output else "ok"))
                 messages.append(
                     {"role": "tool", "tool_call_id": call.id, "content": json.dumps(output)}
                 )

@@ -26,7 +26,10 @@ class TurnResult:
     replies: list[Reply] = field(default_factory=list)
     said: list[Said] = field(default_factory=list)
     error: str | None = None
-    tool_calls: int = 0
+    llm_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_outcomes: list[tuple[str, str]] = field(default_factory=list)  # (tool name, ok|error)
 
 
 class Connection(Protocol):
@@ -51,6 +54,8 @@ class Tools(Protocol):
 
 def tool_error_text(exc: Exception) -> str:
     """A message about a tool failure that is safe to show the user."""
-    if type(exc).__name__ in {"ToolError", "AlreadyConnected"} or isinstance(exc, LookupError):
+    from kernel.tools import ToolError  # light: kernel.tools imports composio lazily
+
+    if isinstance(exc, ToolError):
         return str(exc)
     return "Sorry, the tool service is not reachable right now. Please try again later."

@@ -22,7 +22,9 @@ from gateway.settings import Settings
 from tests.fakes.llm import FakeLLM
 from tests.fakes.server import FakeServer, serve
 
-POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 # Tests must never reach the internet; these keep litellm and friends offline.
@@ -37,7 +39,7 @@ def _postgres_reachable() -> str | None:
 
     try:
         asyncio.run(probe())
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -47,7 +49,9 @@ _PG_PROBLEM: str | None = _postgres_reachable()
 
 def pytest_configure(config: pytest.Config) -> None:
     if _PG_PROBLEM and IN_CI:
-        raise pytest.UsageError(f"CI=true but Postgres at {POSTGRES_ADMIN_DSN} is unreachable: {_PG_PROBLEM}")
+        raise pytest.UsageError(
+            f"CI=true but Postgres at {POSTGRES_ADMIN_DSN} is unreachable: {_PG_PROBLEM}"
+        )
 
 
 async def _create_pg_database() -> str:

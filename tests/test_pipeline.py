@@ -14,10 +14,14 @@ from tests.fakes.llm import FakeLLM
 
 
 def texts(console: ConsoleChannel, conversation: str | None = None) -> list[str]:
-    return [m.text for m in console.sent if conversation is None or m.conversation.id == conversation]
+    return [
+        m.text for m in console.sent if conversation is None or m.conversation.id == conversation
+    ]
 
 
-async def test_message_is_answered_by_the_model(make_gateway: GatewayFactory, fake_llm: FakeLLM) -> None:
+async def test_message_is_answered_by_the_model(
+    make_gateway: GatewayFactory, fake_llm: FakeLLM
+) -> None:
     console = ConsoleChannel()
     gateway = await make_gateway([console])
     await gateway.accept([console.envelope("ann", "hello there")])
@@ -41,7 +45,9 @@ async def test_history_is_given_to_the_model_on_the_next_turn(
     assert second[2]["content"] == "echo: my name is Ann"
 
 
-async def test_without_a_model_the_user_is_told_what_is_missing(make_gateway: GatewayFactory) -> None:
+async def test_without_a_model_the_user_is_told_what_is_missing(
+    make_gateway: GatewayFactory,
+) -> None:
     console = ConsoleChannel()
     gateway = await make_gateway([console], llm=False)
     await gateway.accept([console.envelope("ann", "hello")])
@@ -111,13 +117,19 @@ async def test_messages_accepted_before_a_stop_are_processed_after_restart(
 async def test_webhook_stores_before_answering(make_gateway: GatewayFactory) -> None:
     console = ConsoleChannel(token="console-secret")
     gateway = await make_gateway([console], process=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+    ) as client:
         refused = await client.post("/webhooks/console", json={"user": "ann", "text": "hi"})
         wrong = await client.post(
-            "/webhooks/console", json={"user": "ann", "text": "hi"}, headers={"Authorization": "Bearer nope"}
+            "/webhooks/console",
+            json={"user": "ann", "text": "hi"},
+            headers={"Authorization": "Bearer nope"},
         )
         malformed = await client.post(
-            "/webhooks/console", content=b"{not json", headers={"Authorization": "Bearer console-secret"}
+            "/webhooks/console",
+            content=b"{not json",
+            headers={"Authorization": "Bearer console-secret"},
         )
         ok = await client.post(
             "/webhooks/console",
@@ -126,6 +138,11 @@ async def test_webhook_stores_before_answering(make_gateway: GatewayFactory) -> 
         )
         health = await client.get("/healthz")
         ready = await client.get("/readyz")
-    assert (refused.status_code, wrong.status_code, malformed.status_code, ok.status_code) == (401, 401, 400, 200)
+    assert (refused.status_code, wrong.status_code, malformed.status_code, ok.status_code) == (
+        401,
+        401,
+        400,
+        200,
+    )
     assert (health.status_code, ready.status_code) == (200, 200)
     assert await gateway.pending_work() == 1  # stored, not yet processed: processing is off

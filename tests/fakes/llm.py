@@ -107,7 +107,10 @@ class FakeLLM:
     ) -> tuple[str | None, list[tuple[str, dict[str, Any]]]]:
         last = messages[-1]
         if last["role"] == "tool":
-            return f"Tool result: {last['content']}", []
+            asked = next(
+                _text_of(m.get("content")) for m in reversed(messages) if m["role"] == "user"
+            )
+            return f"Tool result for {asked!r}: {last['content']}", []
         text = _text_of(last.get("content"))
         for rule in self.rules:
             if rule.contains in text:
@@ -125,8 +128,11 @@ class FakeLLM:
 
     # --- reading what was asked -----------------------------------------------------
     def user_texts(self) -> list[str]:
-        return [_text_of(r["messages"][-1].get("content")) for r in self.requests
-                if r["messages"][-1]["role"] == "user"]
+        return [
+            _text_of(r["messages"][-1].get("content"))
+            for r in self.requests
+            if r["messages"][-1]["role"] == "user"
+        ]
 
 
 def _text_of(content: Any) -> str:
