@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from channels.base import MalformedPayload, VerificationFailed
 from gateway import migrate
+from gateway.admin import admin_routes
 from gateway.runtime import Gateway
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/webhooks/{channel}", webhook, methods=["GET", "POST"]),
+            *admin_routes(gateway),
         ],
         lifespan=lifespan_context if lifespan else None,
     )

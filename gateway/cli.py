@@ -10,6 +10,9 @@ from typing import Any
 
 import typer
 
+from gateway.cli_slack import app as slack_app
+from gateway.cli_telegram import app as telegram_app
+from gateway.cli_whatsapp import app as whatsapp_app
 from gateway.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Multi-channel AI gateway.", no_args_is_help=True, add_completion=False)
@@ -17,6 +20,9 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="Unified users.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(whatsapp_app, name="whatsapp", help="WhatsApp Cloud API.")
+app.add_typer(telegram_app, name="telegram", help="Telegram bot.")
+app.add_typer(slack_app, name="slack", help="Slack app.")
 
 
 def _settings() -> Settings:
@@ -47,9 +53,7 @@ def report_configuration(settings: Settings, disabled: dict[str, list[str]]) -> 
     if not settings.composio_configured:
         lines.append("Tools (Composio): disabled - set COMPOSIO_API_KEY and COMPOSIO_TOOLKITS.")
     for name, missing in disabled.items():
-        lines.append(f"{name.title()}: disabled - set {', '.join(missing)}.")
-    if not settings.admin_token.get_secret_value():
-        lines.append("Admin: disabled - set ADMIN_TOKEN.")
+        lines.append(f"{name}: disabled - set {', '.join(missing)}.")
     return lines
 
 
@@ -59,14 +63,7 @@ def run(
     port: int = typer.Option(8000, help="Port to listen on."),
 ) -> None:
     """Run the gateway (webhooks, processing, delivery)."""
-    import logging
-
-    import uvicorn
-
-    from gateway.app import create_app
     from gateway.logs import configure_logging
-    from gateway.registry import build_channels
-    from gateway.runtime import Gateway
 
     settings = _settings()
     configure_logging(
@@ -74,20 +71,51 @@ def run(
         unmasked=settings.log_unmasked,
         json_lines=settings.log_format == "json",
     )
-    channels, disabled = build_channels(settings)
+    raise typer.Exit(_run(_serve(settings, host, port)))
+
+
+async def _serve(settings: Settings, host: str, port: int) -> int:
+    """Start the gateway, then serve HTTP; on SIGTERM stop accepting, then drain."""
+    import logging
+
+    import uvicorn
+
+    from gateway.process_lock import AlreadyRunning
+    from gateway.registry import build_channels
+    from gateway.runtime import Gateway
+
     log = logging.getLogger("gateway")
+    channels, disabled = build_channels(settings)
     for line in report_configuration(settings, disabled):
         log.warning(line)
-    log.info("channels enabled: %s", ", ".join(c.name for c in channels))
     gateway = Gateway(settings, channels)
-    uvicorn.run(
-        create_app(gateway),
+    try:
+        await gateway.start()
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 3
+    except Exception as exc:
+        log.error("the gateway could not start: %s", exc)
+        await gateway.stop()
+        return 1
+    log.info("channels enabled: %s", ", ".join(sorted(gateway.channels)))
+    config = uvicorn.Config(
+        gateway.app,
         host=host,
         port=port,
         log_config=None,
         access_log=False,
+        lifespan="off",
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) + 1,
     )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        log.info(
+            "draining: finishing in-flight turns (up to %ss)", settings.shutdown_timeout_seconds
+        )
+        await gateway.stop()
+    return 0
 
 
 @app.command()
@@ -105,8 +133,7 @@ async def _chat(settings: Settings, user: str) -> None:
     console = ConsoleChannel()
     gateway = Gateway(settings, [console])
     for line in report_configuration(settings, {}):
-        if not line.startswith("Admin"):
-            typer.secho(line, fg="yellow", err=True)
+        typer.secho(line, fg="yellow", err=True)
     await gateway.start()
     unsubscribe = console.subscribe(
         lambda m: (

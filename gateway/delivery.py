@@ -183,16 +183,18 @@ class Deliverer:
 
     def _notify_group(self, session: AsyncSession, item: ClaimedSend, text: str) -> None:
         message = item.message
-        outbox.enqueue(
-            session,
-            OutboundMessage(
-                channel=message.channel,
-                account=message.account,
-                conversation=message.conversation,
-                text=text,
-                thread_id=message.thread_id,
-                reply_to_id=message.reply_to_id,
-            ),
-            inbox_id=item.inbox_id,
-            user_id=item.user_id,
-        )
+        channel = self._channels[message.channel]
+        for chunk in channel.render(text):  # formatted (and escaped) like any reply
+            outbox.enqueue(
+                session,
+                OutboundMessage(
+                    channel=message.channel,
+                    account=message.account,
+                    conversation=message.conversation,
+                    text=chunk,
+                    thread_id=message.thread_id,
+                    reply_to_id=message.reply_to_id,
+                ),
+                inbox_id=item.inbox_id,
+                user_id=item.user_id,
+            )

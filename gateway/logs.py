@@ -26,8 +26,9 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(?:EAA|ak_|sk-)[A-Za-z0-9_-]{10,}"), "[token]"),
     # Connect links carry a one-time token bound to one person
     (re.compile(r"(https?://[^\s/]*connect[^\s/]*/link/)[A-Za-z0-9_-]+"), r"\1[link]"),
-    # Phone numbers: + and 8-15 digits, optionally separated
-    (re.compile(r"(?<![\w.])\+?\d[\d\s().-]{6,18}\d(?![\w.])"), "[phone]"),
+    # Phone numbers: "+" and 7-15 digits (optionally separated), or a bare run of 10-15 digits
+    (re.compile(r"(?<![\w+])\+\d[\d\s().-]{5,18}\d(?!\w)"), "[phone]"),
+    (re.compile(r"(?<![\w.:-])\d{10,15}(?![\w.:-])"), "[phone]"),
 ]
 
 
@@ -70,5 +71,5 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "LiteLLM", "aiosqlite", "asyncio"):
+    for noisy in ("httpx", "httpcore", "LiteLLM", "aiosqlite", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -11,9 +11,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import migrations
-
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+# Beside this package both in a checkout and in an installed wheel. (Not `import
+# migrations`: other distributions ship a top-level "migrations" folder too.)
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def _config(connection: Connection | None = None) -> Config:

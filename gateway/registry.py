@@ -20,12 +20,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ChannelSpec:
     name: str
-    required: tuple[str, ...]  # settings that must be non-empty
+    required: Callable[[Settings], tuple[str, ...]]  # settings that must be non-empty
     build: Callable[[Settings], Channel]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name.title())
 
     def missing(self, settings: Settings) -> list[str]:
         missing = []
-        for field in self.required:
+        for field in self.required(settings):
             value = getattr(settings, field)
             if hasattr(value, "get_secret_value"):
                 value = value.get_secret_value()
@@ -34,7 +39,84 @@ class ChannelSpec:
         return missing
 
 
-SPECS: list[ChannelSpec] = []
+def _whatsapp(settings: Settings) -> Channel:
+    from channels.whatsapp import WhatsAppChannel
+
+    return WhatsAppChannel(
+        phone_number_id=settings.whatsapp_phone_number_id,
+        token=settings.whatsapp_token.get_secret_value(),
+        app_secret=settings.whatsapp_app_secret.get_secret_value(),
+        verify_token=settings.whatsapp_verify_token.get_secret_value(),
+        graph_url=settings.whatsapp_graph_url,
+        graph_version=settings.whatsapp_graph_version,
+        media_max_bytes=settings.whatsapp_media_max_bytes,
+    )
+
+
+def _telegram(settings: Settings) -> Channel:
+    from channels.telegram import TelegramChannel
+
+    return TelegramChannel(
+        settings.telegram_bot_token.get_secret_value(),
+        settings.telegram_webhook_secret.get_secret_value(),
+        settings.telegram_mode,
+        settings.telegram_api_url,
+        commands=TELEGRAM_COMMANDS,
+    )
+
+
+TELEGRAM_COMMANDS = [
+    ("help", "What I can do"),
+    ("connect", "Connect an app, e.g. /connect asana"),
+    ("connections", "Your connected apps"),
+    ("whoami", "Who I know you as"),
+    ("link", "Link another chat account"),
+    ("unlink", "Unlink a chat account"),
+    ("reset", "Forget this conversation"),
+]
+
+
+def _slack(settings: Settings) -> Channel:
+    from channels.slack import SlackChannel
+
+    return SlackChannel(
+        bot_token=settings.slack_bot_token.get_secret_value(),
+        signing_secret=settings.slack_signing_secret.get_secret_value(),
+        app_token=settings.slack_app_token.get_secret_value(),
+        mode=settings.slack_mode,
+        api_url=settings.slack_api_url,
+    )
+
+
+SPECS: list[ChannelSpec] = [
+    ChannelSpec(
+        "whatsapp",
+        lambda s: (
+            "whatsapp_phone_number_id",
+            "whatsapp_token",
+            "whatsapp_app_secret",
+            "whatsapp_verify_token",
+        ),
+        _whatsapp,
+        "WhatsApp",
+    ),
+    ChannelSpec(
+        "telegram",
+        lambda s: (
+            "telegram_bot_token",
+            *(("telegram_webhook_secret",) if s.telegram_mode == "webhook" else ()),
+        ),
+        _telegram,
+    ),
+    ChannelSpec(
+        "slack",
+        lambda s: (
+            "slack_bot_token",
+            "slack_app_token" if s.slack_mode == "socket" else "slack_signing_secret",
+        ),
+        _slack,
+    ),
+]
 
 
 def build_channels(settings: Settings) -> tuple[list[Channel], dict[str, list[str]]]:
@@ -44,7 +126,7 @@ def build_channels(settings: Settings) -> tuple[list[Channel], dict[str, list[st
     for spec in SPECS:
         missing = spec.missing(settings)
         if missing:
-            disabled[spec.name] = missing
+            disabled[spec.label] = missing
         else:
             channels.append(spec.build(settings))
     return channels, disabled

@@ -16,6 +16,7 @@ from gateway.channel_state import DatabaseChannelState
 from gateway.delivery import Deliverer, OutboxSource
 from gateway.leases import worker_id
 from gateway.metrics import Metrics
+from gateway.process_lock import ProcessLock, sqlite_path
 from gateway.settings import Settings
 from gateway.turns import InboxSource, TurnRunner
 from identity.db import create_engine, session_factory, utcnow
@@ -56,6 +57,7 @@ class Gateway:
         self._progress = asyncio.Event()
         self._started_channels: list[Channel] = []
         self._app: object | None = None
+        self._lock: ProcessLock | None = None
 
     @property
     def app(self):  # type: ignore[no-untyped-def]
@@ -70,6 +72,10 @@ class Gateway:
     async def start(self, *, process: bool = True) -> None:
         """Open the database (migrating it), then start processing and the channels."""
         settings = self.settings
+        path = sqlite_path(settings.database_url) if settings.is_sqlite else None
+        if path is not None and process:
+            self._lock = ProcessLock(path)
+            self._lock.acquire()
         self.engine = create_engine(settings.database_url, pool_size=settings.pool_concurrency)
         await migrate.upgrade(self.engine)
         self.sessions = session_factory(self.engine)
@@ -138,6 +144,9 @@ class Gateway:
             await aclose()
         await self.engine.dispose()
         self.engine = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _after(self, runner: TurnRunner, *, wake_sends: bool):  # type: ignore[no-untyped-def]
         async def run(item):  # type: ignore[no-untyped-def]
@@ -255,7 +264,10 @@ class Gateway:
                 )
             )
         toolkits = settings.composio_toolkits if self.tools is not None else []
-        commands = Commands(self.identity, self.sessions, self.tools, toolkits)
+        from gateway.linking import Linking
+
+        self.linking = Linking(self.sessions, self.channels, self.tools)
+        commands = Commands(self.identity, self.sessions, self.tools, toolkits, self.linking)
         return Agent(
             AgentConfig(
                 system_prompt=settings.system_prompt,

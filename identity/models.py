@@ -28,6 +28,15 @@ class User(Base):
     entity_id: Mapped[str] = mapped_column(String(64), unique=True, default=new_entity_id)
     display_name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # A retired user keeps its row (and so its entity_id, which is unique) forever, so the
+    # entity is never handed to anyone else. Merged users point at the user they joined;
+    # forgotten users have retired_at set and merged_into empty.
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    merged_into: Mapped[str | None] = mapped_column(String(32), index=True)
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_at is not None
 
 
 class Identity(Base):

@@ -33,6 +33,23 @@ class IdentityInfo:
     display_name: str | None
     username: str | None
     phone: str | None
+    id: int = 0
+
+
+def identity_info(identity: Identity) -> IdentityInfo:
+    return IdentityInfo(
+        channel=identity.channel,
+        account=identity.account,
+        channel_user_id=identity.channel_user_id,
+        display_name=identity.display_name,
+        username=identity.username,
+        phone=identity.phone,
+        id=identity.id,
+    )
+
+
+# Merges chain (A joined B, then B joined C); a chain longer than this is a bug, not data.
+MAX_MERGE_HOPS = 16
 
 
 def _resolved(user: User) -> ResolvedUser:
@@ -97,32 +114,29 @@ class IdentityService:
             return _resolved(user)
 
     async def get(self, user_id: str) -> ResolvedUser | None:
+        """The live user behind `user_id`: a merged user leads to the user it joined,
+        a forgotten one to nobody (work queued for it is dropped)."""
         async with self._sessions() as session:
-            user = await session.get(User, user_id)
-            return _resolved(user) if user else None
+            return await live_user(session, user_id)
 
     async def identities(self, user_id: str) -> list[IdentityInfo]:
         async with self._sessions() as session:
             rows = await session.scalars(
                 select(Identity).where(Identity.user_id == user_id).order_by(Identity.id)
             )
-            return [
-                IdentityInfo(
-                    channel=i.channel,
-                    account=i.account,
-                    channel_user_id=i.channel_user_id,
-                    display_name=i.display_name,
-                    username=i.username,
-                    phone=i.phone,
-                )
-                for i in rows
-            ]
+            return [identity_info(i) for i in rows]
 
     async def list_users(
         self, *, query: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[tuple[ResolvedUser, list[IdentityInfo]]]:
         async with self._sessions() as session:
-            stmt = select(User).order_by(User.created_at, User.id).limit(limit).offset(offset)
+            stmt = (
+                select(User)
+                .where(User.retired_at.is_(None))
+                .order_by(User.created_at, User.id)
+                .limit(limit)
+                .offset(offset)
+            )
             if query:
                 like = f"%{query.lower()}%"
                 matching = select(Identity.user_id).where(
@@ -140,7 +154,26 @@ class IdentityService:
 
     async def count_users(self) -> int:
         async with self._sessions() as session:
-            return int(await session.scalar(select(func.count()).select_from(User)) or 0)
+            return int(
+                await session.scalar(
+                    select(func.count()).select_from(User).where(User.retired_at.is_(None))
+                )
+                or 0
+            )
+
+
+async def live_user(session: AsyncSession, user_id: str) -> ResolvedUser | None:
+    """Follow `merged_into` from a (possibly retired) user id to the user that is live now."""
+    for _ in range(MAX_MERGE_HOPS):
+        user = await session.get(User, user_id)
+        if user is None:
+            return None
+        if user.retired_at is None:
+            return _resolved(user)
+        if not user.merged_into:
+            return None  # forgotten
+        user_id = user.merged_into
+    return None
 
 
 def _refresh_profile(identity: Identity, profile: Profile) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from channels.envelope import Reply
+from channels.envelope import Envelope, Reply
 from identity.service import IdentityService
 from kernel import memory
 from kernel.turn import Tools, TurnInput, TurnResult, tool_error_text
@@ -14,11 +15,41 @@ from kernel.turn import Tools, TurnInput, TurnResult, tool_error_text
 HELP = """Here is what I understand:
 /help - this message
 /whoami - which of your chat accounts I know as you
+/link - link another chat account to you (WhatsApp, Telegram, Slack); /link CODE redeems a code
+/unlink <channel> - unlink that chat account again
 /connect <toolkit> - get a private link to connect an account (e.g. /connect asana)
 /connections - the accounts you have connected
 /reset - forget this conversation"""
 
 Handler = Callable[[TurnInput, str], Awaitable[TurnResult]]
+
+LINK_UNAVAILABLE = "Linking chat accounts is not available on this assistant."
+LINK_IN_GROUP = (
+    "For your safety I only handle /link in a private chat. Message me directly and send "
+    "/link there. No code was created."
+)
+CODE_IN_GROUP = (
+    "Link codes only work in a private chat with me. This one was posted where others can "
+    "see it, so if it was valid I have cancelled it. Send /link in a private chat with me "
+    "to get a new one."
+)
+UNLINK_IN_GROUP = "Please send /unlink in a private chat with me."
+
+
+class Linker(Protocol):
+    """Cross-channel identity linking (implemented by gateway/linking.py).
+
+    Each call is one database transaction across users, identities, history and the
+    inbox/outbox; each returns the text to answer with.
+    """
+
+    async def issue(self, envelope: Envelope) -> str: ...
+
+    async def redeem(self, envelope: Envelope, code: str) -> str: ...
+
+    async def cancel(self, envelope: Envelope, code: str) -> None: ...
+
+    async def unlink(self, envelope: Envelope, channel: str) -> str: ...
 
 
 def parse_command(text: str) -> tuple[str, str] | None:
@@ -51,11 +82,13 @@ class Commands:
         sessions: async_sessionmaker[AsyncSession],
         tools: Tools | None,
         toolkits: list[str],
+        linker: Linker | None = None,
     ) -> None:
         self._identity = identity
         self._sessions = sessions
         self._tools = tools
         self._toolkits = toolkits
+        self._linker = linker
         self._handlers: dict[str, Handler] = {
             "help": self._help,
             "start": self._help,
@@ -63,6 +96,8 @@ class Commands:
             "connect": self._connect,
             "connections": self._connections,
             "reset": self._reset,
+            "link": self._link,
+            "unlink": self._unlink,
         }
 
     def names(self) -> list[str]:
@@ -79,12 +114,46 @@ class Commands:
         return TurnResult(replies=[Reply(text=HELP)])
 
     async def _whoami(self, turn: TurnInput, argument: str) -> TurnResult:
+        envelope = turn.envelope
         identities = await self._identity.identities(turn.user.id)
         lines = ["I know you as:"]
         for ident in identities:
             name = ident.username or ident.display_name or "(no name)"
-            lines.append(f"- {ident.channel}: {name}")
-        return TurnResult(replies=[Reply(text="\n".join(lines))])
+            here = (ident.channel, ident.account, ident.channel_user_id) == (
+                envelope.channel,
+                envelope.account,
+                envelope.sender.id,
+            )
+            lines.append(f"- {ident.channel}: {name}{' (this chat)' if here else ''}")
+        if self._linker is not None:
+            lines.append(
+                "Send /link in a private chat to add another chat account; "
+                "/unlink <channel> removes one."
+            )
+        # Which accounts belong together is nobody else's business: groups get it privately.
+        private = envelope.conversation.is_group
+        return TurnResult(replies=[Reply(text="\n".join(lines), private=private)])
+
+    async def _link(self, turn: TurnInput, argument: str) -> TurnResult:
+        if self._linker is None:
+            return TurnResult(replies=[Reply(text=LINK_UNAVAILABLE)])
+        envelope = turn.envelope
+        if envelope.conversation.is_group:
+            if argument:
+                await self._linker.cancel(envelope, argument)
+                return TurnResult(replies=[Reply(text=CODE_IN_GROUP)])
+            return TurnResult(replies=[Reply(text=LINK_IN_GROUP)])
+        if not argument:
+            text = await self._linker.issue(envelope)
+            return TurnResult(replies=[Reply(text=text, private=True)])
+        return TurnResult(replies=[Reply(text=await self._linker.redeem(envelope, argument))])
+
+    async def _unlink(self, turn: TurnInput, argument: str) -> TurnResult:
+        if self._linker is None:
+            return TurnResult(replies=[Reply(text=LINK_UNAVAILABLE)])
+        if turn.envelope.conversation.is_group:
+            return TurnResult(replies=[Reply(text=UNLINK_IN_GROUP)])
+        return TurnResult(replies=[Reply(text=await self._linker.unlink(turn.envelope, argument))])
 
     async def _connect(self, turn: TurnInput, argument: str) -> TurnResult:
         if self._tools is None:

@@ -136,7 +136,9 @@ class ComposioTools:
     def toolkits(self) -> list[str]:
         return list(self._toolkits)
 
-    def _toolkit_of(self, name: str) -> str | None:
+    def _toolkit_of(self, name: object) -> str | None:
+        if not isinstance(name, str):
+            return None
         info = self._catalog.tools.get(name) if self._catalog else None
         if info is not None:
             return info.toolkit
@@ -150,7 +152,12 @@ class ComposioTools:
 
         Raises ToolError when Composio cannot be reached and nothing is cached yet.
         """
-        catalog = await self._current_catalog()
+        try:
+            catalog = await self._current_catalog()
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, "loading the tool list") from exc
         return [_copy_schema(schema) for schema in catalog.schemas]
 
     async def execute(self, entity_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -261,6 +268,8 @@ class ComposioTools:
     # --- schemas --------------------------------------------------------------------
 
     async def _current_catalog(self) -> _Catalog:
+        if not self._toolkits:
+            return _Catalog(fetched_at=time.monotonic(), schemas=(), tools={})
         catalog = self._catalog
         if catalog is not None and time.monotonic() - catalog.fetched_at < self._ttl:
             return catalog
