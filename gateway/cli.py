@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from gateway.cli_outbox import app as outbox_app
 from gateway.cli_slack import app as slack_app
 from gateway.cli_telegram import app as telegram_app
 from gateway.cli_whatsapp import app as whatsapp_app
@@ -22,6 +23,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(whatsapp_app, name="whatsapp", help="WhatsApp Cloud API.")
 app.add_typer(telegram_app, name="telegram", help="Telegram bot.")
+app.add_typer(outbox_app, name="outbox", help="Outgoing messages: dead letters, retry, drop.")
 app.add_typer(slack_app, name="slack", help="Slack app.")
 
 
@@ -42,21 +44,6 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
 
-def report_configuration(settings: Settings, disabled: dict[str, list[str]]) -> list[str]:
-    """One line per thing that is off and what turns it on."""
-    lines = []
-    if not settings.llm_configured:
-        lines.append(
-            "LLM: not configured - set LLM_MODEL (and LLM_API_KEY / LLM_API_BASE); "
-            "until then users get a 'not configured' reply."
-        )
-    if not settings.composio_configured:
-        lines.append("Tools (Composio): disabled - set COMPOSIO_API_KEY and COMPOSIO_TOOLKITS.")
-    for name, missing in disabled.items():
-        lines.append(f"{name}: disabled - set {', '.join(missing)}.")
-    return lines
-
-
 @app.command()
 def run(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
@@ -71,51 +58,9 @@ def run(
         unmasked=settings.log_unmasked,
         json_lines=settings.log_format == "json",
     )
-    raise typer.Exit(_run(_serve(settings, host, port)))
+    from gateway.server import serve
 
-
-async def _serve(settings: Settings, host: str, port: int) -> int:
-    """Start the gateway, then serve HTTP; on SIGTERM stop accepting, then drain."""
-    import logging
-
-    import uvicorn
-
-    from gateway.process_lock import AlreadyRunning
-    from gateway.registry import build_channels
-    from gateway.runtime import Gateway
-
-    log = logging.getLogger("gateway")
-    channels, disabled = build_channels(settings)
-    for line in report_configuration(settings, disabled):
-        log.warning(line)
-    gateway = Gateway(settings, channels)
-    try:
-        await gateway.start()
-    except AlreadyRunning as exc:
-        log.error("%s", exc)
-        return 3
-    except Exception as exc:
-        log.error("the gateway could not start: %s", exc)
-        await gateway.stop()
-        return 1
-    log.info("channels enabled: %s", ", ".join(sorted(gateway.channels)))
-    config = uvicorn.Config(
-        gateway.app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds) + 1,
-    )
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        log.info(
-            "draining: finishing in-flight turns (up to %ss)", settings.shutdown_timeout_seconds
-        )
-        await gateway.stop()
-    return 0
+    raise typer.Exit(_run(serve(settings, host, port)))
 
 
 @app.command()
@@ -127,6 +72,7 @@ def chat(user: str = typer.Option(..., "--user", help="Talk as this console user
 async def _chat(settings: Settings, user: str) -> None:
     from channels.console import ConsoleChannel
     from gateway.logs import configure_logging
+    from gateway.registry import report_configuration
     from gateway.runtime import Gateway
 
     configure_logging("warning")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -44,6 +44,7 @@ class ClaimedSend:
     attempts: int
     inbox_id: str | None
     user_id: str | None
+    created_at: datetime
     message: OutboundMessage
 
 
@@ -66,7 +67,8 @@ class OutboxSource:
                 limit=limit,
             )
             return [
-                ClaimedSend(r.seq, r.attempts, r.inbox_id, r.user_id, r.message()) for r in rows
+                ClaimedSend(r.seq, r.attempts, r.inbox_id, r.user_id, r.created_at, r.message())
+                for r in rows
             ]
 
     async def renew(self, items: list[ClaimedSend]) -> None:
@@ -88,12 +90,14 @@ class Deliverer:
         channels: dict[str, Channel],
         owner: str,
         max_attempts: int,
+        max_age_seconds: float,
         metrics: Metrics,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
         self._owner = owner
         self._max_attempts = max_attempts
+        self._max_age = timedelta(seconds=max_age_seconds)
         self._metrics = metrics
 
     async def __call__(self, item: ClaimedSend) -> None:
@@ -101,6 +105,10 @@ class Deliverer:
         channel = self._channels.get(message.channel)
         if channel is None:
             await self._dead(item, f"channel {message.channel!r} is not enabled")
+            return
+        if utcnow() - item.created_at > self._max_age:
+            # A days-old answer would confuse more than it helps; keep it as a dead letter.
+            await self._dead(item, f"expired: not delivered within {self._max_age}")
             return
         target = message
         private_from_group = bool(message.private_to and message.conversation.is_group)

@@ -45,7 +45,7 @@ class Check:
 async def run(
     *,
     llm: bool = False,
-    timeout: float = 10.0,
+    seconds: float = 10.0,
     load: Callable[[], Settings] = load_settings,
 ) -> list[Check]:
     """Every check, in a stable order. Settings come from `load` (env and .env by default)."""
@@ -62,17 +62,19 @@ async def run(
             )
         ]
     checks = [Check("settings", OK, "valid")]
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+    async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
         groups = await asyncio.gather(
-            _one(check_database(settings, timeout)),
+            _one(check_database(settings, seconds)),
             check_whatsapp(settings, client),
             check_telegram(settings, client),
             check_slack(settings, client),
             check_composio(settings, client),
-            _one(check_llm(settings, probe=llm, timeout=timeout)),
         )
     for group in groups:
         checks += group
+    # Last and alone: importing litellm blocks the event loop for seconds, which would
+    # eat into the other checks' time limits.
+    checks.append(await check_llm(settings, probe=llm, seconds=seconds))
     return checks
 
 
@@ -94,7 +96,7 @@ def render(checks: list[Check]) -> str:
 
 
 # --- database ---------------------------------------------------------------------------------
-async def check_database(settings: Settings, timeout: float) -> Check:
+async def check_database(settings: Settings, seconds: float) -> Check:
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
@@ -105,23 +107,27 @@ async def check_database(settings: Settings, timeout: float) -> Check:
     shown = url.render_as_string(hide_password=True)
     if settings.is_sqlite:
         path = url.database or ""
-        if path and path != ":memory:" and not Path(path).exists():
+        if path and path != ":memory:" and not await asyncio.to_thread(Path(path).exists):
             return Check("database", FAIL, f"{shown}: the file does not exist", UPGRADE)
     engine = create_async_engine(
-        settings.database_url, poolclass=NullPool, connect_args={"timeout": timeout}
+        settings.database_url, poolclass=NullPool, connect_args={"timeout": seconds}
     )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             current = await migrate.current_revision(engine)
     except Exception as exc:  # every failure to connect is reported, not raised
-        return Check("database", FAIL, f"{shown}: unreachable: {_short(exc)}", _db_fix(exc, settings))
+        return Check(
+            "database", FAIL, f"{shown}: unreachable: {_short(exc)}", _db_fix(exc, settings)
+        )
     finally:
         await engine.dispose()
     head = migrate.head_revision()
     if current == head:
         return Check("database", OK, f"{shown}: reachable, schema at head ({head})")
     if current is None:
-        return Check("database", FAIL, f"{shown}: reachable, but no schema (no migration applied)", UPGRADE)
+        return Check(
+            "database", FAIL, f"{shown}: reachable, but no schema (no migration applied)", UPGRADE
+        )
     if not _known_revision(current):
         return Check(
             "database",
@@ -171,11 +177,16 @@ def _value(value: Any) -> str:
 async def check_whatsapp(settings: Settings, client: httpx.AsyncClient) -> list[Check]:
     name = "whatsapp"
     fields = (
-        "whatsapp_phone_number_id", "whatsapp_token", "whatsapp_app_secret", "whatsapp_verify_token",
+        "whatsapp_phone_number_id",
+        "whatsapp_token",
+        "whatsapp_app_secret",
+        "whatsapp_verify_token",
     )
     configured, missing = _configured(settings, fields)
     if not configured:
-        return [Check(name, SKIP, "not configured (set " + ", ".join(f.upper() for f in fields) + ")")]
+        return [
+            Check(name, SKIP, "not configured (set " + ", ".join(f.upper() for f in fields) + ")")
+        ]
     if missing:
         return [Check(name, FAIL, f"missing {', '.join(missing)}", f"set {', '.join(missing)}")]
     version = settings.whatsapp_graph_version
@@ -247,7 +258,9 @@ async def check_telegram(settings: Settings, client: httpx.AsyncClient) -> list[
         return [_unreachable(name, settings.telegram_api_url, exc, "TELEGRAM_API_URL")]
     body = _json(me)
     if me.status_code in (401, 404) or not (isinstance(body, dict) and body.get("ok")):
-        description = mask(str(body.get("description", me.reason_phrase))) if isinstance(body, dict) else ""
+        description = (
+            mask(str(body.get("description", me.reason_phrase))) if isinstance(body, dict) else ""
+        )
         return [Check(name, FAIL, f"getMe refused ({me.status_code}): {description}", fix_token)]
     bot = body.get("result") or {}
     checks = [Check(name, OK, f"bot @{bot.get('username', '?')} (getMe)")]
@@ -265,7 +278,11 @@ async def _telegram_webhook(settings: Settings, client: httpx.AsyncClient, base:
     url = str(info.get("url") or "")
     pending = int(info.get("pending_update_count") or 0)
     if settings.telegram_mode == "polling":
-        note = f"a webhook is set ({url}); the gateway deletes it when polling starts" if url else "no webhook set"
+        note = (
+            f"a webhook is set ({url}); the gateway deletes it when polling starts"
+            if url
+            else "no webhook set"
+        )
         return Check(name, OK, f"polling mode; {note}; {pending} updates waiting")
     set_hook = "run `gateway telegram set-webhook` (it uses PUBLIC_BASE_URL)"
     if not settings.telegram_webhook_secret.get_secret_value():
@@ -276,7 +293,12 @@ async def _telegram_webhook(settings: Settings, client: httpx.AsyncClient, base:
             "set TELEGRAM_WEBHOOK_SECRET (1-256 of A-Z a-z 0-9 _ -), then " + set_hook,
         )
     if not url:
-        return Check(name, FAIL, f"no webhook registered: Telegram is not sending updates ({pending} waiting)", set_hook)
+        return Check(
+            name,
+            FAIL,
+            f"no webhook registered: Telegram is not sending updates ({pending} waiting)",
+            set_hook,
+        )
     expected = _public_url(settings, "telegram")
     if expected and url != expected:
         return Check(name, FAIL, f"webhook points at {url}, expected {expected}", set_hook)
@@ -340,7 +362,9 @@ async def check_slack(settings: Settings, client: httpx.AsyncClient) -> list[Che
 
 async def _slack_socket(settings: Settings, client: httpx.AsyncClient, api: str) -> Check:
     name = "slack socket mode"
-    fix = "create an app-level token with connections:write (Basic Information) into SLACK_APP_TOKEN"
+    fix = (
+        "create an app-level token with connections:write (Basic Information) into SLACK_APP_TOKEN"
+    )
     app_token = settings.slack_app_token.get_secret_value()
     if not app_token:
         return Check(name, FAIL, "SLACK_APP_TOKEN is not set", fix)
@@ -348,7 +372,9 @@ async def _slack_socket(settings: Settings, client: httpx.AsyncClient, api: str)
     if isinstance(result, Check):
         return _named(result, name, settings.slack_api_url)
     if not result.get("ok"):
-        return Check(name, FAIL, f"apps.connections.open refused: {mask(str(result.get('error')))}", fix)
+        return Check(
+            name, FAIL, f"apps.connections.open refused: {mask(str(result.get('error')))}", fix
+        )
     return Check(name, OK, "app token accepted (apps.connections.open)")
 
 
@@ -478,7 +504,7 @@ def _composio_message(body: Any) -> str:
 
 
 # --- LLM -------------------------------------------------------------------------------------------------
-async def check_llm(settings: Settings, *, probe: bool, timeout: float) -> Check:
+async def check_llm(settings: Settings, *, probe: bool, seconds: float) -> Check:
     name = "llm"
     if not settings.llm_configured:
         return Check(
@@ -490,7 +516,9 @@ async def check_llm(settings: Settings, *, probe: bool, timeout: float) -> Check
         )
     if not probe:
         return Check(
-            name, SKIP, f"{settings.llm_model} configured; not contacted (add --llm to send one tiny completion)"
+            name,
+            SKIP,
+            f"{settings.llm_model} configured; not contacted (add --llm to send one tiny completion)",
         )
     from kernel.llm import LLM, LLMConfig, LLMError
 
@@ -499,13 +527,13 @@ async def check_llm(settings: Settings, *, probe: bool, timeout: float) -> Check
             model=settings.llm_model,
             api_base=settings.llm_api_base,
             api_key=settings.llm_api_key.get_secret_value(),
-            timeout=min(timeout, settings.llm_timeout_seconds),
+            timeout=min(seconds, settings.llm_timeout_seconds),
             retries=0,
         )
     )
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout + 5):
+        async with asyncio.timeout(seconds + 5):
             await llm.complete([{"role": "user", "content": "Reply with the single word: ok"}])
     except (LLMError, TimeoutError) as exc:
         return Check(
@@ -514,7 +542,9 @@ async def check_llm(settings: Settings, *, probe: bool, timeout: float) -> Check
             f"{settings.llm_model} did not answer: {_short(exc, 300)}",
             "check LLM_MODEL, LLM_API_KEY and LLM_API_BASE (and the provider's status page)",
         )
-    return Check(name, OK, f"{settings.llm_model} answered in {time.perf_counter() - started:.1f} s")
+    return Check(
+        name, OK, f"{settings.llm_model} answered in {time.perf_counter() - started:.1f} s"
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

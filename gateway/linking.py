@@ -122,6 +122,10 @@ class Linking:
         self._tools = tools
         self._code_ttl = code_ttl
 
+    @property
+    def tools(self) -> Tools | None:
+        return self._tools
+
     # --- in chat ---------------------------------------------------------------------------
 
     async def issue(self, envelope: Envelope) -> str:

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,8 +29,17 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
+# Replicas starting together must not migrate at the same time: the first takes this
+# transaction-scoped advisory lock, the others wait and then find the schema at head.
+_MIGRATION_LOCK = 0x6761_7465_7761_79  # "gateway"
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+            )
         await connection.run_sync(lambda sync: command.upgrade(_config(sync), "head"))
 
 

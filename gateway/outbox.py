@@ -14,6 +14,7 @@ from identity.db import Base, UTCDateTime, utcnow
 
 SENT = "sent"
 DEAD = "dead"
+DROPPED = "dropped"  # a dead letter an operator decided not to retry
 
 
 class OutboxItem(Base):
@@ -90,6 +91,35 @@ async def record_delivery(
         .values(**values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def listing(
+    session: AsyncSession, *, status: str | None = DEAD, limit: int = 50, offset: int = 0
+) -> list[OutboxItem]:
+    stmt = select(OutboxItem).order_by(OutboxItem.seq.desc()).limit(limit).offset(offset)
+    if status:
+        stmt = stmt.where(OutboxItem.status == status)
+    return list(await session.scalars(stmt))
+
+
+async def retry_dead(session: AsyncSession, seqs: list[int] | None = None) -> int:
+    """Give dead letters a fresh set of attempts (all of them when `seqs` is None)."""
+    stmt = update(OutboxItem).where(OutboxItem.status == DEAD)
+    if seqs is not None:
+        stmt = stmt.where(OutboxItem.seq.in_(seqs))
+    now = utcnow()
+    result = await session.execute(
+        stmt.values(status=PENDING, attempts=0, available_at=now, created_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def drop_dead(session: AsyncSession, seqs: list[int] | None = None) -> int:
+    stmt = update(OutboxItem).where(OutboxItem.status == DEAD)
+    if seqs is not None:
+        stmt = stmt.where(OutboxItem.seq.in_(seqs))
+    result = await session.execute(stmt.values(status=DROPPED))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def open_count(session: AsyncSession) -> int:

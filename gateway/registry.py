@@ -130,3 +130,18 @@ def build_channels(settings: Settings) -> tuple[list[Channel], dict[str, list[st
         else:
             channels.append(spec.build(settings))
     return channels, disabled
+
+
+def report_configuration(settings: Settings, disabled: dict[str, list[str]]) -> list[str]:
+    """One line per thing that is off and what turns it on."""
+    lines = []
+    if not settings.llm_configured:
+        lines.append(
+            "LLM: not configured - set LLM_MODEL (and LLM_API_KEY / LLM_API_BASE); "
+            "until then users get a 'not configured' reply."
+        )
+    if not settings.composio_configured:
+        lines.append("Tools (Composio): disabled - set COMPOSIO_API_KEY and COMPOSIO_TOOLKITS.")
+    for name, missing in disabled.items():
+        lines.append(f"{name}: disabled - set {', '.join(missing)}.")
+    return lines

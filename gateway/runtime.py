@@ -19,11 +19,12 @@ from gateway.metrics import Metrics
 from gateway.process_lock import ProcessLock, sqlite_path
 from gateway.settings import Settings
 from gateway.turns import InboxSource, TurnRunner
+from gateway.wakeup import PostgresListener, notify
 from identity.db import create_engine, session_factory, utcnow
 from identity.service import IdentityService, Profile
 from kernel.agent import Agent, AgentConfig
 from kernel.commands import Commands
-from kernel.llm import LLM, LLMConfig
+from kernel.llm import LLM, LLMConfig, warm_up
 from kernel.pool import Pool
 from kernel.turn import Tools
 
@@ -58,6 +59,8 @@ class Gateway:
         self._started_channels: list[Channel] = []
         self._app: object | None = None
         self._lock: ProcessLock | None = None
+        self._listener: PostgresListener | None = None
+        self._processing: asyncio.Task[None] | None = None
 
     @property
     def app(self):  # type: ignore[no-untyped-def]
@@ -93,18 +96,20 @@ class Gateway:
             history_messages=settings.history_messages,
             media_max_bytes=settings.media_max_bytes,
             metrics=self.metrics,
+            on_committed=lambda: self.sends.wake(),
         )
         deliverer = Deliverer(
             sessions=self.sessions,
             channels=self.channels,
             owner=self.owner,
             max_attempts=settings.max_attempts,
+            max_age_seconds=settings.outbox_max_age_seconds,
             metrics=self.metrics,
         )
         self.turns = Pool(
             "turns",
             InboxSource(self.sessions, self.owner, lease),
-            self._after(runner, wake_sends=True),
+            runner,
             concurrency=settings.pool_concurrency,
             poll_interval=settings.poll_interval_seconds,
             lease_seconds=lease,
@@ -120,14 +125,28 @@ class Gateway:
             on_progress=self._progress.set,
         )
         if process:
-            self.turns.start()
-            self.sends.start()
+            self._processing = asyncio.create_task(self._start_processing(), name="warm-up")
         for channel in self.channels.values():
             await channel.start(self.accept, DatabaseChannelState(self.sessions, channel.name))
             self._started_channels.append(channel)
 
     async def stop(self) -> None:
+        """Finish (or release) in-flight turns, send their replies, then close everything.
+
+        Channels close last: draining turns still need their clients to send replies.
+        """
         timeout = self.settings.shutdown_timeout_seconds
+        if self.engine is not None:
+            if self._processing is not None:
+                await self._processing  # pools started (or never will): safe to stop them
+                self._processing = None
+            if self._listener is not None:
+                await self._listener.stop()
+                self._listener = None
+            with contextlib.suppress(Exception):
+                await self.turns.stop(timeout)
+            with contextlib.suppress(Exception):  # replies of turns finished just now go out
+                await self.sends.stop(timeout, drain=True)
         for channel in reversed(self._started_channels):
             try:
                 await channel.stop()
@@ -136,9 +155,6 @@ class Gateway:
         self._started_channels.clear()
         if self.engine is None:
             return
-        for pool in (self.turns, self.sends):
-            with contextlib.suppress(Exception):
-                await pool.stop(timeout)
         aclose = getattr(self.tools, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -148,13 +164,28 @@ class Gateway:
             self._lock.release()
             self._lock = None
 
-    def _after(self, runner: TurnRunner, *, wake_sends: bool):  # type: ignore[no-untyped-def]
-        async def run(item):  # type: ignore[no-untyped-def]
-            await runner(item)
-            if wake_sends:
-                self.sends.wake()
+    async def _start_processing(self) -> None:
+        """Warm the heavy clients off the event loop, then start the pools.
 
-        return run
+        Webhooks are accepted (stored) meanwhile: the ack path never waits for these imports.
+        """
+        warming = []
+        if self.agent.llm is not None:
+            warming.append(asyncio.to_thread(warm_up))
+        if self.tools is not None:
+            warming.append(self.tools.schemas())  # imports composio in a worker thread
+        for outcome in await asyncio.gather(*warming, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.warning("warm-up: %s (the first turn will try again)", outcome)
+        self.sends.start()
+        self.turns.start()
+        if not self.settings.is_sqlite:
+            self._listener = PostgresListener(self.settings.database_url, self._wake_all)
+            await self._listener.start()
+
+    def _wake_all(self) -> None:
+        self.turns.wake()
+        self.sends.wake()
 
     # --- the webhook path -----------------------------------------------------------
     async def accept(self, envelopes: list[Envelope]) -> Accepted:
@@ -178,6 +209,8 @@ class Gateway:
         if rows:
             async with self.sessions.begin() as session:
                 for envelope, user_id, needs_turn in rows:
+                    if needs_turn:
+                        await notify(session)
                     if await inbox.insert(session, envelope, user_id, needs_turn=needs_turn):
                         accepted.stored += 1
                     else:

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         5, ge=1, le=100, description="Tries of a failing send before it is dead-lettered."
     )
+    outbox_max_age_seconds: float = Field(
+        24 * 3600, gt=0, description="Replies not delivered within this age are dead-lettered."
+    )
     shutdown_timeout_seconds: float = Field(
         20.0, ge=0, description="Grace time for in-flight turns on shutdown."
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -78,6 +79,7 @@ class TurnRunner:
         history_messages: int,
         media_max_bytes: int,
         metrics: Metrics,
+        on_committed: Callable[[], None],
     ) -> None:
         self._sessions = sessions
         self._identity = identity
@@ -88,6 +90,7 @@ class TurnRunner:
         self._history = history_messages
         self._media_max_bytes = media_max_bytes
         self._metrics = metrics
+        self._on_committed = on_committed
 
     async def __call__(self, item: ClaimedMessage) -> None:
         envelope = item.envelope
@@ -161,6 +164,7 @@ class TurnRunner:
                 for reply in result.replies:
                     for message in render(channel, envelope, reply):
                         outbox.enqueue(session, message, inbox_id=item.id, user_id=item.user_id)
+        self._on_committed()
         if result.error:
             log.warning("turn %s failed: %s", envelope.id, result.error)
 

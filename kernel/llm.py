@@ -65,6 +65,16 @@ def _litellm() -> ModuleType:
     return litellm
 
 
+def warm_up() -> None:
+    """Import litellm and what its first call imports lazily (the OpenAI SDK's resources).
+
+    Run in a worker thread at start: on the event loop these imports stall every other
+    request (webhook acks included) for seconds.
+    """
+    _litellm()
+    import openai.resources  # noqa: F401
+
+
 class LLM:
     def __init__(self, config: LLMConfig) -> None:
         self.config = config

@@ -48,6 +48,8 @@ class Pool(Generic[Item]):
         self._in_flight: dict[asyncio.Task[None], Item] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._draining = False
+        self._drained = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
 
@@ -63,8 +65,17 @@ class Pool(Generic[Item]):
         self._loop_task = asyncio.create_task(self._run(), name=f"pool-{self.name}")
         self._renew_task = asyncio.create_task(self._renew(), name=f"pool-{self.name}-lease")
 
-    async def stop(self, grace: float) -> None:
-        """Stop claiming, give in-flight work `grace` seconds, then release the rest."""
+    async def stop(self, grace: float, *, drain: bool = False) -> None:
+        """Stop claiming, give in-flight work `grace` seconds, then release the rest.
+
+        With `drain`, first keep claiming until nothing claimable is left (within `grace`):
+        used for the outbox, so replies of turns that finished during shutdown still go out.
+        """
+        if drain and self._loop_task is not None:
+            self._draining = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), grace or None)
         self._stopping = True
         self._wake.set()
         for task in (self._loop_task, self._renew_task):
@@ -97,6 +108,8 @@ class Pool(Generic[Item]):
                     self._in_flight[task] = item
                 if claimed and claimed == free:
                     continue
+            if self._draining and not claimed and not self._in_flight:
+                self._drained.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
 

@@ -261,9 +261,12 @@ def _csv(request: Request, name: str) -> list[str]:
     return values
 
 
-def _page(request: Request, items: list[Any], default_limit: int = 20) -> dict[str, Any]:
+def _page(
+    request: Request, items: list[Any], max_limit: int = 1000, default_limit: int = 20
+) -> dict[str, Any]:
     """Cursor pagination like the real API: the cursor is base64 of the next offset."""
     limit = int(float(request.query_params.get("limit") or default_limit))
+    limit = max(1, min(limit, max_limit))
     cursor = request.query_params.get("cursor")
     offset = int(base64.b64decode(cursor).decode()) if cursor else 0
     chunk = items[offset : offset + limit]
@@ -292,6 +295,7 @@ class FakeComposio:
     ) -> None:
         self.api_key = api_key  # None: any non-empty x-api-key is accepted
         self.url = ""  # set by whoever serves it
+        self.max_page_size = 1000  # the real API's cap; lower it to exercise pagination
         self.auth_configs = dict(auth_configs or DEFAULT_AUTH_CONFIGS)  # id -> toolkit
         self.tools = {tool.slug: tool for tool in tools}
         self.executions: list[dict[str, Any]] = []
@@ -469,7 +473,7 @@ class FakeComposio:
                     "Use one of the available_versions",
                 )
             items.append(tool.item(version))
-        return JSONResponse(_page(request, items))
+        return JSONResponse(_page(request, items, self.max_page_size))
 
     async def _get_tool(self, request: Request) -> Response:
         if (failed := self._gate(request, "get_tool")) is not None:
@@ -570,7 +574,7 @@ class FakeComposio:
                 and (not configs or a.auth_config_id in configs)
                 and (not ids or a.id in ids)
             ]
-        return JSONResponse(_page(request, items))
+        return JSONResponse(_page(request, items, self.max_page_size))
 
     async def _get_account(self, request: Request) -> Response:
         if (failed := self._gate(request, "get_account")) is not None:

@@ -24,7 +24,11 @@ class FakeServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        # Keep idle connections open longer than clients do, as real APIs do; otherwise a
+        # client may reuse a connection the fake is just closing ("connection error").
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=75
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"fake-{self.port}", daemon=True)
 
