@@ -126,7 +126,7 @@ async def post(client: httpx.AsyncClient, url: str, body: bytes) -> int:
 async def until(condition: Any, within: float, what: str) -> None:
     """Wait for a condition observed in the fakes (not a timing assumption)."""
     async with asyncio.timeout(within):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - the state lives in fakes in other threads
             await asyncio.sleep(0.05)
 
 
@@ -170,7 +170,7 @@ async def test_kill_9_in_the_middle_of_turns_loses_nothing(
     fake, server = graph
     stuck, stuck_server = make_llm()
     stuck.delay = 120  # replica A's model never answers: A dies holding claimed turns
-    healthy, healthy_server = make_llm()
+    _, healthy_server = make_llm()
     users, per_user = 8, 3
     with stuck_server as stuck_srv, healthy_server as healthy_srv:
         lease = {"LEASE_SECONDS": "3"}
@@ -219,7 +219,7 @@ async def test_sigterm_during_a_slow_turn_finishes_it_and_replies_once(
     assert fake.texts(user_id(1)) == ["echo: u1 #0"]
 
 
-async def test_a_second_process_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
+def test_a_second_process_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/gateway.db", "LOG_LEVEL": "warning"}
     with GatewayProcess(env, log=tmp_path / "first.log") as first:
         first.wait_ready()
