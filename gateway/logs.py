@@ -13,7 +13,7 @@ import sys
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Telegram bot tokens: 123456789:AA...
-    (re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"), "[token]"),
+    (re.compile(r"(?<!\d)\d{6,12}:[A-Za-z0-9_-]{30,}"), "[token]"),
     # Slack tokens, Composio keys, bearer tokens
     (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]+"), "[token]"),
     (re.compile(r"\bxapp-[A-Za-z0-9-]+"), "[token]"),

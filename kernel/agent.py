@@ -103,7 +103,8 @@ class Agent:
             messages.append(completion.as_message())
             for call in completion.tool_calls:
                 output = await self._run_tool(turn, call.name, call.arguments, result)
-                result.tool_outcomes.append((call.name, "error" if "error" in output else "ok"))
+                failed = bool(output.get("error")) or output.get("successful") is False
+                result.tool_outcomes.append((call.name, "error" if failed else "ok"))
                 messages.append(
                     {"role": "tool", "tool_call_id": call.id, "content": json.dumps(output)}
                 )

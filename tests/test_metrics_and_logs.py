@@ -1,0 +1,113 @@
+"""Operating the gateway: /metrics after a scripted conversation, and masked logs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from channels.console import ConsoleChannel
+from gateway.logs import MaskingFormatter
+from tests.conftest import GatewayFactory
+from tests.fakes.llm import FakeLLM
+
+
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    parsed = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            parsed[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return parsed
+
+
+async def test_metrics_count_what_happened(
+    make_gateway: GatewayFactory, fake_llm: FakeLLM, fake_composio: Any
+) -> None:
+    console = ConsoleChannel(token="metrics-secret")
+    gateway = await make_gateway([console], tools=True)
+    entity = (await gateway.identity.resolve("console", "local", "ann")).entity_id
+    fake_composio.connect(entity, "asana")
+    fake_llm.on("tasks", "ASANA_GET_MULTIPLE_TASKS", {})
+    auth = {"Authorization": "Bearer metrics-secret"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+    ) as client:
+        for body in (
+            {"user": "ann", "text": "hello", "id": "m1"},
+            {"user": "ann", "text": "hello", "id": "m1"},  # a platform retry
+            {"user": "ann", "text": "my tasks", "id": "m2"},
+        ):
+            assert (
+                await client.post("/webhooks/console", json=body, headers=auth)
+            ).status_code == 200
+        forged = await client.post(
+            "/webhooks/console", json={"user": "x"}, headers={"Authorization": "Bearer no"}
+        )
+        assert forged.status_code == 401
+        await gateway.wait_idle()
+        exposition = (await client.get("/metrics")).text
+
+    got = samples(exposition)
+    assert (
+        got[("gateway_inbound_updates_total", (("channel", "console"), ("kind", "message")))] == 3
+    )
+    assert got[("gateway_duplicates_dropped_total", (("channel", "console"),))] == 1
+    assert (
+        got[
+            (
+                "gateway_webhooks_rejected_total",
+                (("channel", "console"), ("reason", "verification")),
+            )
+        ]
+        == 1
+    )
+    assert got[("gateway_webhook_ack_seconds_count", (("channel", "console"),))] == 3
+    assert got[("gateway_turn_seconds_count", (("outcome", "ok"),))] == 2
+    assert got[("gateway_tool_calls_total", (("outcome", "ok"), ("toolkit", "asana")))] == 1
+    assert (
+        got[("gateway_outbound_messages_total", (("channel", "console"), ("outcome", "sent")))] == 2
+    )
+    assert got[("gateway_llm_tokens_total", (("type", "prompt"),))] > 0
+    assert got[("gateway_inbox_depth", ())] == 0
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_logs_mask_phone_numbers_tokens_and_links(json_lines: bool) -> None:
+    formatter = MaskingFormatter(json_lines=json_lines, unmasked=False)
+    secrets = [
+        "+1 650-555-1234",
+        "16505551234",
+        "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
+        "xoxb-1234567890-abcdefghijklmnop",
+        "https://connect.composio.dev/link/lk_9f8e7d6c5b4a",
+    ]
+    for secret in secrets:
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "value %s here", (secret,), None)
+        line = formatter.format(record)
+        assert secret not in line, line
+        assert "here" in line
+    token_in_text = logging.LogRecord(
+        "t",
+        logging.INFO,
+        __file__,
+        1,
+        "GET /bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/getMe",
+        (),
+        None,
+    )
+    assert "AAHdq" not in formatter.format(token_in_text)
+
+
+def test_unmasked_only_when_explicitly_asked_at_debug() -> None:
+    from gateway.logs import configure_logging
+
+    configure_logging("info", unmasked=True)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler.formatter, MaskingFormatter) and not handler.formatter.unmasked
+    configure_logging("debug", unmasked=True)
+    handler = logging.getLogger().handlers[0]
+    assert handler.formatter.unmasked  # type: ignore[union-attr]
+    configure_logging("warning")
