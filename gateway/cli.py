@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from gateway.admin.cli import register as register_admin_commands
 from gateway.cli_outbox import app as outbox_app
 from gateway.cli_slack import app as slack_app
 from gateway.cli_telegram import app as telegram_app
@@ -155,6 +156,9 @@ def users_list(
             f"{i.channel}:{i.username or i.display_name or i.channel_user_id}" for i in identities
         )
         typer.echo(f"{user.id}  {user.display_name or '-':<24} {names}")
+
+
+register_admin_commands(app, users_app)  # users show|forget|export, link, unlink, audit
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -91,13 +91,18 @@ async def renew(
     )
 
 
-async def release_all(session: AsyncSession, model: type[Row], owner: str) -> int:
-    """Give back everything this worker still holds (graceful shutdown)."""
+async def release_all(session: AsyncSession, model: type[Row], owner: str | None) -> int:
+    """Give back everything this worker still holds (graceful shutdown).
+
+    `owner=None` releases every claim: only for a single-process database, at start, when
+    any claim left over belongs to a process that is gone.
+    """
     table = model.__table__
+    stmt = update(table).where(table.c.status == PROCESSING)
+    if owner is not None:
+        stmt = stmt.where(table.c.lease_owner == owner)
     result = await session.execute(
-        update(table)
-        .where(table.c.lease_owner == owner, table.c.status == PROCESSING)
-        .values(status=PENDING, lease_owner=None, lease_until=None)
+        stmt.values(status=PENDING, lease_owner=None, lease_until=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -48,6 +48,10 @@ from kernel.turn import Tools
 log = logging.getLogger(__name__)
 
 NOT_KNOWN = "I don't know this chat account yet. Send me a message first, then try again."
+NEW_CODE = "Send /link on your other account for a new one."
+USED = f"That code has already been used. {NEW_CODE}"
+EXPIRED = f"That code has expired. {NEW_CODE}"
+INVALID = f"That code is no longer valid. {NEW_CODE}"
 
 
 @dataclass
@@ -152,50 +156,63 @@ class Linking:
 
     async def redeem(self, envelope: Envelope, code_text: str) -> str:
         code = links.normalize_code(code_text)
-        notice: tuple[OutboundMessage, ...] = ()
+        if code is None:  # not even shaped like a code: a slip, not a guess
+            return (
+                "Link codes look like ABCD-2345. Send /link alone to get one, then send "
+                "/link with the code from your other chat account."
+            )
+        try:
+            merged, text = await self._redeem(envelope, code)
+        except LinkError as exc:  # lost a race the checks above could not see; rolled back
+            return f"Sorry, I couldn't link these accounts: {exc}. Please try again."
+        if merged is None:
+            return text
+        merged.reconnect = await self._reconnect(merged.retired_entity_id, merged.entity_id)
+        return "\n".join(line for line in (text, _reconnect_text(merged.reconnect)) if line)
+
+    async def _redeem(self, envelope: Envelope, code: str) -> tuple[MergeResult | None, str]:
+        """One transaction; failures worth counting are committed with their refusal."""
         async with self._sessions.begin() as session:
             me = await _me(session, envelope)
             if me is None:
-                return NOT_KNOWN
+                return None, NOT_KNOWN
             # Peek (no locks) to learn which users to lock, then lock and re-read.
-            peek = await links.find_code(session, code) if code else None
+            peek = await links.find_code(session, code)
             locked = await links.lock_users(
                 session, [me.user_id] + ([peek.user_id] if peek else [])
             )
             me = await links.get_identity(session, me.id)
             if me is None or me.user_id not in locked:
-                return "Your account is being changed right now; please try again in a moment."
+                return None, "Your account is being changed right now; please try again."
             budget = await links.attempt_budget(session, me.id)
             if budget.blocked:
-                return _too_many(budget.retry_at)
-            row = await links.find_code(session, code) if code else None
+                return None, _too_many(budget.retry_at)
+            row = await links.find_code(session, code)
             if row is None:
                 links.record_failure(session, me.id)
-                return _wrong(budget.left - 1)
+                return None, _wrong(budget.left - 1)
             if row.identity_id == me.id:
-                return (
+                return None, (
                     "That is the code you asked for from this very chat. Send it from your "
                     "other chat account (on WhatsApp, Telegram or Slack) instead."
                 )
             now = utcnow()
             if row.used_at is not None:
                 links.record_failure(session, me.id)
-                return "That code has already been used. Send /link on your other account for a new one."
+                return None, USED
             if row.expires_at <= now:
                 links.record_failure(session, me.id)
-                return "That code has expired. Send /link on your other account for a new one."
+                return None, EXPIRED
             if row.user_id == me.user_id:
-                return "These chat accounts are already linked. /whoami lists them."
+                return None, "These chat accounts are already linked. /whoami lists them."
             target = locked.get(row.user_id)
             if target is None or target.retired_at is not None:
                 links.record_failure(session, me.id)
-                return (
-                    "That code is no longer valid. Send /link on your other account for a new one."
-                )
+                return None, INVALID
             if not await links.consume_code(
                 session, row.id, by_identity_id=me.id, outcome="linked", now=now
             ):
-                return "That code has already been used. Send /link on your other account for a new one."
+                return None, USED
             issuer = await links.get_identity(session, row.identity_id)
             merged = await self._merge(
                 session,
@@ -207,23 +224,20 @@ class Linking:
                 extra={"code_issued_by_identity": row.identity_id, "redeemed_by_identity": me.id},
             )
             if issuer is not None:
-                notice = self._notify(
+                notices = self._notify(
                     issuer,
                     row.conversation_id,
                     f"Your {_label(me)} account is now linked to you: I know you there "
                     f"too, with the same tools and memory. If this wasn't you, send "
                     f"/unlink {me.channel} right away.",
                 )
-                for message in notice:
+                for message in notices:
                     outbox.enqueue(session, message, user_id=row.user_id)
             issuer_label = _label(issuer) if issuer else "other"
-        merged.reconnect = await self._reconnect(merged.retired_entity_id, merged.entity_id)
-        lines = [
+        return merged, (
             f"Done: this chat account is now linked with your {issuer_label} account. "
             "Your tools and conversation memory are shared between them now."
-        ]
-        lines.append(_reconnect_text(merged.reconnect))
-        return "\n".join(line for line in lines if line)
+        )
 
     async def cancel(self, envelope: Envelope, code_text: str) -> None:
         """A code posted where others can read it is burnt, so nobody else can use it."""
@@ -236,7 +250,12 @@ class Linking:
                 await links.consume_code(session, row.id, by_identity_id=None, outcome="cancelled")
 
     async def unlink(self, envelope: Envelope, channel: str) -> str:
-        name = channel.strip().lower()
+        try:
+            return await self._unlink_channel(envelope, channel.strip().lower())
+        except LinkError as exc:  # lost a race with another change; rolled back
+            return f"Sorry, I couldn't unlink that: {exc}. Please try again."
+
+    async def _unlink_channel(self, envelope: Envelope, name: str) -> str:
         async with self._sessions.begin() as session:
             me = await _me(session, envelope)
             if me is None:

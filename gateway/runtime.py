@@ -11,11 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from channels.base import Channel
 from channels.envelope import Envelope, Kind
-from gateway import inbox, migrate, outbox
+from gateway import inbox, leases, migrate, outbox
 from gateway.channel_state import DatabaseChannelState
 from gateway.delivery import Deliverer, OutboxSource
+from gateway.inbox import InboxItem
 from gateway.leases import worker_id
 from gateway.metrics import Metrics
+from gateway.outbox import OutboxItem
 from gateway.process_lock import ProcessLock, sqlite_path
 from gateway.settings import Settings
 from gateway.turns import InboxSource, TurnRunner
@@ -82,6 +84,12 @@ class Gateway:
         self.engine = create_engine(settings.database_url, pool_size=settings.pool_concurrency)
         await migrate.upgrade(self.engine)
         self.sessions = session_factory(self.engine)
+        if self._lock is not None:
+            # We hold the SQLite file alone: claims left over are from a process that died,
+            # so take them back now instead of waiting for their leases to run out.
+            async with self.sessions.begin() as session:
+                for model in (InboxItem, OutboxItem):
+                    await leases.release_all(session, model, None)
         self.identity = IdentityService(self.sessions)
         self.tools = self._build_tools()
         self.agent = self._build_agent()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from channels.console import ConsoleChannel
@@ -146,3 +147,30 @@ async def test_webhook_stores_before_answering(make_gateway: GatewayFactory) -> 
     )
     assert (health.status_code, ready.status_code) == (200, 200)
     assert await gateway.pending_work() == 1  # stored, not yet processed: processing is off
+
+
+async def test_after_a_crash_a_single_sqlite_process_takes_its_claims_back_at_once(
+    make_gateway: GatewayFactory, db_url: str
+) -> None:
+    """A claimed message whose process died is answered at the next start, not after its lease."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("with Postgres another replica may hold the claim: leases decide there")
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from identity.db import utcnow
+
+    console = ConsoleChannel()
+    first = await make_gateway([console], process=False)
+    await first.accept([console.envelope("ann", "in flight when we crashed")])
+    async with first.sessions.begin() as session:  # as a dead process would leave it
+        await session.execute(
+            update(InboxItem).values(
+                status="processing", lease_owner="dead:1", lease_until=utcnow() + timedelta(hours=1)
+            )
+        )
+    await first.stop()
+    second = await make_gateway([console], lease_seconds=3600)
+    await second.wait_idle(within=20)
+    assert texts(console) == ["echo: in flight when we crashed"]

@@ -70,7 +70,9 @@ async def _user_id(sessions: Any, ref: str) -> str:
     async with sessions() as session:
         user = await find_user_ref(session, ref)
     if user is None:
-        raise _fail(f"no user matches {ref!r} (give a user id, an identity number or channel:user id)")
+        raise _fail(
+            f"no user matches {ref!r} (give a user id, an identity number or channel:user id)"
+        )
     return user.id
 
 
@@ -158,7 +160,7 @@ def forget(
 
 def export(
     user: str = typer.Argument(..., help="User id, identity number or channel:user id."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
+    output: str = typer.Option("", "--output", "-o", help="File to write; default stdout."),
 ) -> None:
     """Everything stored about a user, as JSON."""
 
@@ -166,19 +168,23 @@ def export(
         return await _guard(linking.export(await _user_id(sessions, user), via="cli"))
 
     text = json.dumps(_run(work), indent=2, ensure_ascii=False)
-    if output is None:
+    if not output:
         sys.stdout.write(text + "\n")
     else:
-        output.write_text(text + "\n", encoding="utf-8")
+        Path(output).write_text(text + "\n", encoding="utf-8")
         typer.echo(f"wrote {output}")
 
 
 def link(
-    identity: str = typer.Argument(..., help="Identity number or channel:user id (or channel:account:user id)."),
-    user: str = typer.Argument(..., help="The user it joins: user id, identity number or channel:user id."),
+    identity: str = typer.Argument(
+        ..., help="Identity number or channel:user id (or channel:account:user id)."
+    ),
+    user: str = typer.Argument(
+        ..., help="The user it joins: user id, identity number or channel:user id."
+    ),
 ) -> None:
-    """Link an identity to a user: the identity's user (with all its identities, history and
-    queued messages) joins USER, which keeps its entity."""
+    """Link IDENTITY to USER: the identity's user (all its identities, history and queued
+    messages) joins USER, which keeps its entity."""
     from identity.admin import find_identity_ref
 
     async def work(sessions: Any, linking: Any) -> Any:

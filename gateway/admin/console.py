@@ -549,7 +549,10 @@ def _summary(entry: audit.AuditRecord) -> str:
     if entry.action == audit.UNLINK:
         new = after.get("new_user", {})
         channels = ", ".join(i["channel"] for i in new.get("identities", []))
-        return f"identity {after.get('identity_id')} ({channels}) became a new user with entity {new.get('entity_id', '?')}"
+        return (
+            f"identity {after.get('identity_id')} ({channels}) became a new user "
+            f"with entity {new.get('entity_id', '?')}"
+        )
     if entry.action == audit.FORGET:
         deleted = after.get("deleted", {})
         return "deleted " + ", ".join(f"{v} {k}" for k, v in deleted.items())
