@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -23,8 +21,9 @@ log = logging.getLogger(__name__)
 MAX_WEBHOOK_BYTES = 1024 * 1024
 
 
-def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
-    """`lifespan=False` when the caller starts and stops the gateway itself (tests, CLI)."""
+def create_app(gateway: Gateway) -> Starlette:
+    """The routes of a gateway whose life (start/stop) its owner manages: `gateway.server`
+    for `gateway run`, the tests' fixtures otherwise."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -91,14 +90,6 @@ def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
                 log.warning("metrics: inbox gauges unavailable: %s", exc)
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @contextlib.asynccontextmanager
-    async def lifespan_context(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
     return Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -107,5 +98,4 @@ def create_app(gateway: Gateway, *, lifespan: bool = True) -> Starlette:
             Route("/webhooks/{channel}", webhook, methods=["GET", "POST"]),
             *admin_routes(gateway),
         ],
-        lifespan=lifespan_context if lifespan else None,
     )

@@ -70,7 +70,7 @@ class Gateway:
         if self._app is None:
             from gateway.app import create_app
 
-            self._app = create_app(self, lifespan=False)
+            self._app = create_app(self)
         return self._app
 
     # --- life cycle ---------------------------------------------------------------

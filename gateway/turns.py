@@ -126,7 +126,7 @@ class TurnRunner:
         except Exception as exc:
             log.exception("turn %s crashed", envelope.id)
             result = TurnResult(replies=[Reply(text=APOLOGY)], error=f"{type(exc).__name__}: {exc}")
-        await self._commit(item, result, channel)
+        await self._commit(item, result, channel, user.id)
         await _best_effort(channel.done(envelope), "progress indicator removal")
         self._observe(result, time.perf_counter() - started)
 
@@ -141,9 +141,15 @@ class TurnRunner:
             metrics.tool_calls.labels(toolkit_of(name), outcome).inc()
 
     async def _commit(
-        self, item: ClaimedMessage, result: TurnResult, channel: Channel | None = None
+        self,
+        item: ClaimedMessage,
+        result: TurnResult,
+        channel: Channel | None = None,
+        user_id: str | None = None,
     ) -> None:
+        """`user_id` is who the sender is *now*: a merge during the turn moves them."""
         envelope = item.envelope
+        user_id = user_id or item.user_id
         async with self._sessions.begin() as session:
             still_ours = await leases.finish(
                 session,
@@ -159,11 +165,11 @@ class TurnRunner:
                 log.warning("turn %s lost its lease; dropping this worker's outcome", envelope.id)
                 await session.rollback()
                 return
-            memory.remember(session, item.user_id, envelope.conversation_key, result.said)
+            memory.remember(session, user_id, envelope.conversation_key, result.said)
             if channel is not None:
                 for reply in result.replies:
                     for message in render(channel, envelope, reply):
-                        outbox.enqueue(session, message, inbox_id=item.id, user_id=item.user_id)
+                        outbox.enqueue(session, message, inbox_id=item.id, user_id=user_id)
         self._on_committed()
         if result.error:
             log.warning("turn %s failed: %s", envelope.id, result.error)

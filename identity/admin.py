@@ -7,6 +7,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.models import Identity, User
 
+MAX_ID = 2**31  # identity ids are 32-bit integers; anything larger cannot exist
+
 
 async def search_users(
     session: AsyncSession, query: str | None, *, limit: int = 25, offset: int = 0
@@ -61,7 +63,8 @@ async def find_identity_ref(session: AsyncSession, ref: str) -> Identity | None:
     one account of that channel knows the id) or `channel:account:user id`."""
     ref = ref.strip()
     if ref.isdigit():
-        return await session.get(Identity, int(ref))
+        number = int(ref)
+        return await session.get(Identity, number) if number < MAX_ID else None
     parts = ref.split(":")
     if len(parts) < 2:
         return None

@@ -127,8 +127,12 @@ async def issue_code(
     ttl: timedelta = CODE_TTL,
     now: datetime | None = None,
 ) -> tuple[str, datetime]:
-    """A new code for this identity; its earlier unused codes stop working."""
+    """A new code for this identity; its earlier unused codes stop working.
+
+    Locks the user first, like every linking change, so the order of locks is the same.
+    """
     now = now or utcnow()
+    await lock_users(session, [user_id])
     await session.execute(
         delete(LinkCode).where(
             (LinkCode.expires_at < now - KEEP_SPENT)
@@ -247,21 +251,26 @@ async def find_identity(
 
 
 async def get_identity(session: AsyncSession, identity_id: int) -> Identity | None:
+    if not 0 < identity_id < 2**31:  # not a 32-bit id: cannot exist (and Postgres would refuse it)
+        return None
     return await session.scalar(
-        select(Identity)
-        .where(Identity.id == identity_id)
-        .execution_options(populate_existing=True)
+        select(Identity).where(Identity.id == identity_id).execution_options(populate_existing=True)
     )
 
 
 async def lock_users(session: AsyncSession, user_ids: list[str]) -> dict[str, User]:
-    """Lock these users' rows for this transaction, in id order (no lock cycles)."""
+    """Lock these users' rows for this transaction, in id order (no lock cycles).
+
+    FOR NO KEY UPDATE on Postgres: linking operations exclude each other, while inserts
+    that merely reference a user (a turn writing history, a webhook storing a message)
+    are not blocked, so they cannot deadlock with a merge that moves their rows.
+    """
     locked: dict[str, User] = {}
     for user_id in sorted(set(user_ids)):
         user = await session.scalar(
             select(User)
             .where(User.id == user_id)
-            .with_for_update()
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
         if user is not None:

@@ -119,7 +119,7 @@ async def test_permanent_error_is_dead_lettered_with_its_error_without_a_retry_l
 ) -> None:
     fake, server = graph
     fake.fail_next(131047)  # the 24-hour customer service window is closed
-    gateway = await make_gateway([channel_for(fake, server.url)])
+    gateway = await make_gateway([channel_for(fake, server.url)], admin_token="admin-t0ken")
     await say(gateway, "hello", "wamid.dead1")
     await gateway.wait_idle()
     assert fake.texts(ALICE) == []
@@ -127,7 +127,19 @@ async def test_permanent_error_is_dead_lettered_with_its_error_without_a_retry_l
     (row,) = await outbox_rows(gateway)
     assert row.status == DEAD and "131047" in (row.last_error or "")
 
-    # The operator sees it and, once the user wrote again, retries it.
+    # The operator sees it in the admin API ...
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+    ) as client:
+        refused = await client.get("/admin/api/outbox/dead")
+        listed_api = await client.get(
+            "/admin/api/outbox/dead", headers={"Authorization": "Bearer admin-t0ken"}
+        )
+    assert refused.status_code == 401
+    (item,) = listed_api.json()["items"]
+    assert item["id"] == row.seq and "131047" in item["error"] and item["channel"] == "whatsapp"
+
+    # ... and in the CLI, and once the user wrote again, retries it.
     env = {"DATABASE_URL": gateway.settings.database_url}
     listed = await asyncio.to_thread(CliRunner().invoke, cli, ["outbox", "list"], env=env)
     assert listed.exit_code == 0 and "131047" in listed.output and str(row.seq) in listed.output

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import outbox
 from gateway.admin import queries
 from gateway.admin.auth import AdminAuth
 from identity import admin as identity_admin
@@ -181,6 +182,45 @@ def api_routes(gateway: Gateway, auth: AdminAuth) -> list[Route]:
             }
         )
 
+    async def dead_letters(request: Request) -> Response:
+        limit = int_param(request, "limit", 50, 1, 500)
+        offset = int_param(request, "offset", 0, 0, 10**9)
+        async with gateway.sessions() as session:
+            rows = await outbox.listing(session, status=outbox.DEAD, limit=limit, offset=offset)
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "id": row.seq,
+                        "channel": row.channel,
+                        "conversation": row.message().conversation.id,
+                        "user_id": row.user_id,
+                        "attempts": row.attempts,
+                        "error": row.last_error,
+                        "created_at": row.created_at.isoformat(),
+                    }
+                    for row in rows
+                ],
+                "limit": limit,
+                "offset": offset,
+            }
+        )
+
+    async def retry_dead_letter(request: Request) -> Response:
+        async with gateway.sessions.begin() as session:
+            count = await outbox.retry_dead(session, [request.path_params["seq"]])
+        if not count:
+            return error(404, "no such dead letter")
+        gateway.sends.wake()
+        return JSONResponse({"retried": count})
+
+    async def drop_dead_letter(request: Request) -> Response:
+        async with gateway.sessions.begin() as session:
+            count = await outbox.drop_dead(session, [request.path_params["seq"]])
+        if not count:
+            return error(404, "no such dead letter")
+        return JSONResponse({"dropped": count})
+
     async def not_found(request: Request) -> Response:
         return error(404, "no such admin endpoint")
 
@@ -193,6 +233,9 @@ def api_routes(gateway: Gateway, auth: AdminAuth) -> list[Route]:
         Route("/users/{user_id}/export", guarded(export), methods=["GET"]),
         Route("/identities/{identity_id:int}/unlink", guarded(unlink), methods=["POST"]),
         Route("/audit", guarded(audit_log), methods=["GET"]),
+        Route("/outbox/dead", guarded(dead_letters), methods=["GET"]),
+        Route("/outbox/{seq:int}/retry", guarded(retry_dead_letter), methods=["POST"]),
+        Route("/outbox/{seq:int}/drop", guarded(drop_dead_letter), methods=["POST"]),
         Route(
             "/{path:path}", guarded(not_found), methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
         ),
