@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import typer
 
 from gateway.admin.cli import register as register_admin_commands
+from gateway.cli_common import database, settings_or_exit
 from gateway.cli_outbox import app as outbox_app
 from gateway.cli_slack import app as slack_app
 from gateway.cli_telegram import app as telegram_app
 from gateway.cli_whatsapp import app as whatsapp_app
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import Settings
 
 app = typer.Typer(help="Multi-channel AI gateway.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -26,19 +26,6 @@ app.add_typer(whatsapp_app, name="whatsapp", help="WhatsApp Cloud API.")
 app.add_typer(telegram_app, name="telegram", help="Telegram bot.")
 app.add_typer(outbox_app, name="outbox", help="Outgoing messages: dead letters, retry, drop.")
 app.add_typer(slack_app, name="slack", help="Slack app.")
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
-    if settings.is_sqlite:
-        path = settings.database_url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return settings
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -53,7 +40,7 @@ def run(
     """Run the gateway (webhooks, processing, delivery)."""
     from gateway.logs import configure_logging
 
-    settings = _settings()
+    settings = settings_or_exit()
     configure_logging(
         settings.log_level,
         unmasked=settings.log_unmasked,
@@ -67,7 +54,7 @@ def run(
 @app.command()
 def chat(user: str = typer.Option(..., "--user", help="Talk as this console user.")) -> None:
     """Talk to the assistant from the terminal, through the same pipeline."""
-    _run(_chat(_settings(), user))
+    _run(_chat(settings_or_exit(), user))
 
 
 async def _chat(settings: Settings, user: str) -> None:
@@ -120,7 +107,7 @@ def db_upgrade() -> None:
         finally:
             await engine.dispose()
 
-    settings = _settings()
+    settings = settings_or_exit()
     revision = _run(upgrade())
     typer.echo(f"database at revision {revision}")
 
@@ -134,19 +121,13 @@ def users_list(
     """List unified users and their channel identities."""
 
     async def listing() -> list[Any]:
-        from gateway import migrate
-        from identity.db import create_engine, session_factory
         from identity.service import IdentityService
 
-        engine = create_engine(settings.database_url)
-        try:
-            await migrate.upgrade(engine)
-            service = IdentityService(session_factory(engine))
+        async with database(settings) as sessions:
+            service = IdentityService(sessions)
             return await service.list_users(query=query or None, limit=limit, offset=offset)
-        finally:
-            await engine.dispose()
 
-    settings = _settings()
+    settings = settings_or_exit()
     rows = _run(listing())
     if not rows:
         typer.echo("no users")

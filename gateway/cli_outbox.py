@@ -8,7 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from gateway.settings import ConfigError, load_settings
+from gateway.cli_common import database, settings_or_exit
 
 app = typer.Typer(help="Outgoing messages: dead letters, retry, drop.", no_args_is_help=True)
 
@@ -19,23 +19,11 @@ Seqs = Annotated[
 
 
 def _with_session(work: Callable[[Any], Awaitable[T]]) -> T:
-    from gateway import migrate
-    from identity.db import create_engine, session_factory
-
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit()
 
     async def run() -> T:
-        engine = create_engine(settings.database_url)
-        try:
-            await migrate.upgrade(engine)
-            async with session_factory(engine).begin() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
+        async with database(settings) as sessions, sessions.begin() as session:
+            return await work(session)
 
     return asyncio.run(run())
 

@@ -33,17 +33,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _channel(settings: Settings) -> WhatsAppChannel:
-    from channels.whatsapp import WhatsAppChannel  # pywa costs ~1 s: only for this command
+    from gateway.registry import build_whatsapp  # pywa costs ~1 s: only for this command
 
-    return WhatsAppChannel(
-        phone_number_id=settings.whatsapp_phone_number_id,
-        token=settings.whatsapp_token.get_secret_value(),
-        app_secret=settings.whatsapp_app_secret.get_secret_value(),
-        verify_token=settings.whatsapp_verify_token.get_secret_value(),
-        graph_url=settings.whatsapp_graph_url,
-        graph_version=settings.whatsapp_graph_version,
-        media_max_bytes=settings.whatsapp_media_max_bytes,
-    )
+    return build_whatsapp(settings)  # type: ignore[return-value]
 
 
 @app.command("check")

@@ -48,38 +48,20 @@ class ClaimedSend:
     message: OutboundMessage
 
 
-class OutboxSource:
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], owner: str, lease_seconds: float
-    ) -> None:
-        self._sessions = sessions
-        self._owner = owner
-        self._lease = lease_seconds
-
-    async def claim(self, limit: int) -> list[ClaimedSend]:
-        async with self._sessions.begin() as session:
-            rows = await leases.claim(
-                session,
-                OutboxItem,
-                order_key="conversation_key",
-                owner=self._owner,
-                lease_seconds=self._lease,
-                limit=limit,
-            )
-            return [
-                ClaimedSend(r.seq, r.attempts, r.inbox_id, r.user_id, r.created_at, r.message())
-                for r in rows
-            ]
-
-    async def renew(self, items: list[ClaimedSend]) -> None:
-        async with self._sessions.begin() as session:
-            await leases.renew(
-                session, OutboxItem, [i.seq for i in items], self._owner, self._lease
-            )
-
-    async def release(self) -> None:
-        async with self._sessions.begin() as session:
-            await leases.release_all(session, OutboxItem, self._owner)
+def outbox_source(
+    sessions: async_sessionmaker[AsyncSession], owner: str, lease_seconds: float
+) -> leases.LeasedSource[ClaimedSend]:
+    """Claims the oldest open message of each conversation: replies leave in order."""
+    return leases.LeasedSource(
+        sessions,
+        OutboxItem,
+        order_key="conversation_key",
+        owner=owner,
+        lease_seconds=lease_seconds,
+        to_item=lambda r: ClaimedSend(
+            r.seq, r.attempts, r.inbox_id, r.user_id, r.created_at, r.message()
+        ),
+    )
 
 
 class Deliverer:

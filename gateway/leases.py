@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db import utcnow
 
@@ -101,9 +102,7 @@ async def release_all(session: AsyncSession, model: type[Row], owner: str | None
     stmt = update(table).where(table.c.status == PROCESSING)
     if owner is not None:
         stmt = stmt.where(table.c.lease_owner == owner)
-    result = await session.execute(
-        stmt.values(status=PENDING, lease_owner=None, lease_until=None)
-    )
+    result = await session.execute(stmt.values(status=PENDING, lease_owner=None, lease_until=None))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -118,3 +117,51 @@ async def finish(
         .values(lease_owner=None, lease_until=None, **values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class Claimed(Protocol):
+    seq: int
+
+
+Item = TypeVar("Item", bound=Claimed)
+
+
+class LeasedSource(Generic[Item]):
+    """A pool's work source over one leased table (`kernel.pool.Source`)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        model: type[Any],
+        *,
+        order_key: str,
+        owner: str,
+        lease_seconds: float,
+        to_item: Callable[[Any], Item],
+    ) -> None:
+        self._sessions = sessions
+        self._model = model
+        self._order_key = order_key
+        self._owner = owner
+        self._lease = lease_seconds
+        self._to_item = to_item
+
+    async def claim(self, limit: int) -> list[Item]:
+        async with self._sessions.begin() as session:
+            rows = await claim(
+                session,
+                self._model,
+                order_key=self._order_key,
+                owner=self._owner,
+                lease_seconds=self._lease,
+                limit=limit,
+            )
+            return [self._to_item(row) for row in rows]
+
+    async def renew(self, items: list[Item]) -> None:
+        async with self._sessions.begin() as session:
+            await renew(session, self._model, [i.seq for i in items], self._owner, self._lease)
+
+    async def release(self) -> None:
+        async with self._sessions.begin() as session:
+            await release_all(session, self._model, self._owner)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from channels.base import Channel
 from channels.console import ConsoleChannel
 from gateway.settings import Settings
+from kernel.turn import Tools
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,23 @@ class ChannelSpec:
         return missing
 
 
-def _whatsapp(settings: Settings) -> Channel:
+def build_tools(settings: Settings) -> Tools | None:
+    """Per-user Composio tools, when configured (composio itself is imported on first use)."""
+    if not settings.composio_configured:
+        return None
+    from kernel.tools import ComposioTools
+
+    return ComposioTools(
+        api_key=settings.composio_api_key.get_secret_value(),
+        base_url=settings.composio_base_url,
+        toolkits=settings.composio_toolkits,
+        auth_configs=settings.composio_auth_configs,
+        toolkit_versions=settings.composio_toolkit_versions,
+        telemetry=settings.composio_telemetry,
+    )
+
+
+def build_whatsapp(settings: Settings) -> Channel:
     from channels.whatsapp import WhatsAppChannel
 
     return WhatsAppChannel(
@@ -97,7 +114,7 @@ SPECS: list[ChannelSpec] = [
             "whatsapp_app_secret",
             "whatsapp_verify_token",
         ),
-        _whatsapp,
+        build_whatsapp,
         "WhatsApp",
     ),
     ChannelSpec(

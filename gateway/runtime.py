@@ -13,14 +13,15 @@ from channels.base import Channel
 from channels.envelope import Envelope, Kind
 from gateway import inbox, leases, migrate, outbox
 from gateway.channel_state import DatabaseChannelState
-from gateway.delivery import Deliverer, OutboxSource
+from gateway.delivery import Deliverer, outbox_source
 from gateway.inbox import InboxItem
 from gateway.leases import worker_id
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxItem
 from gateway.process_lock import ProcessLock, sqlite_path
+from gateway.registry import build_tools
 from gateway.settings import Settings
-from gateway.turns import InboxSource, TurnRunner
+from gateway.turns import TurnRunner, inbox_source
 from gateway.wakeup import PostgresListener, notify
 from identity.db import create_engine, session_factory, utcnow
 from identity.service import IdentityService, Profile
@@ -91,7 +92,7 @@ class Gateway:
                 for model in (InboxItem, OutboxItem):
                     await leases.release_all(session, model, None)
         self.identity = IdentityService(self.sessions)
-        self.tools = self._build_tools()
+        self.tools = build_tools(settings)
         self.agent = self._build_agent()
         lease = settings.lease_seconds
         runner = TurnRunner(
@@ -116,7 +117,7 @@ class Gateway:
         )
         self.turns = Pool(
             "turns",
-            InboxSource(self.sessions, self.owner, lease),
+            inbox_source(self.sessions, self.owner, lease),
             runner,
             concurrency=settings.pool_concurrency,
             poll_interval=settings.poll_interval_seconds,
@@ -125,7 +126,7 @@ class Gateway:
         )
         self.sends = Pool(
             "sends",
-            OutboxSource(self.sessions, self.owner, lease),
+            outbox_source(self.sessions, self.owner, lease),
             deliverer,
             concurrency=max(4, settings.pool_concurrency // 2),
             poll_interval=settings.poll_interval_seconds,
@@ -275,21 +276,6 @@ class Gateway:
                     await asyncio.wait_for(self._progress.wait(), 0.25)
 
     # --- composition --------------------------------------------------------------------
-    def _build_tools(self) -> Tools | None:
-        settings = self.settings
-        if not settings.composio_configured:
-            return None
-        from kernel.tools import ComposioTools
-
-        return ComposioTools(
-            api_key=settings.composio_api_key.get_secret_value(),
-            base_url=settings.composio_base_url,
-            toolkits=settings.composio_toolkits,
-            auth_configs=settings.composio_auth_configs,
-            toolkit_versions=settings.composio_toolkit_versions,
-            telemetry=settings.composio_telemetry,
-        )
-
     def _build_agent(self) -> Agent:
         settings = self.settings
         llm = None

@@ -37,33 +37,18 @@ class ClaimedMessage:
     envelope: Envelope
 
 
-class InboxSource:
-    def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], owner: str, lease_seconds: float
-    ) -> None:
-        self._sessions = sessions
-        self._owner = owner
-        self._lease = lease_seconds
-
-    async def claim(self, limit: int) -> list[ClaimedMessage]:
-        async with self._sessions.begin() as session:
-            rows = await leases.claim(
-                session,
-                InboxItem,
-                order_key="user_id",
-                owner=self._owner,
-                lease_seconds=self._lease,
-                limit=limit,
-            )
-            return [ClaimedMessage(r.seq, r.id, r.user_id, r.attempts, r.envelope()) for r in rows]
-
-    async def renew(self, items: list[ClaimedMessage]) -> None:
-        async with self._sessions.begin() as session:
-            await leases.renew(session, InboxItem, [i.seq for i in items], self._owner, self._lease)
-
-    async def release(self) -> None:
-        async with self._sessions.begin() as session:
-            await leases.release_all(session, InboxItem, self._owner)
+def inbox_source(
+    sessions: async_sessionmaker[AsyncSession], owner: str, lease_seconds: float
+) -> leases.LeasedSource[ClaimedMessage]:
+    """Claims the oldest open message of each user: one at a time per user, in order."""
+    return leases.LeasedSource(
+        sessions,
+        InboxItem,
+        order_key="user_id",
+        owner=owner,
+        lease_seconds=lease_seconds,
+        to_item=lambda r: ClaimedMessage(r.seq, r.id, r.user_id, r.attempts, r.envelope()),
+    )
 
 
 class TurnRunner:

@@ -77,12 +77,9 @@ def _pg_url(name: str) -> str:
     return f"{base}/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
-    """A fresh, empty database for this test; the gateway migrates it on start."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/gateway.db"
-        return
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, empty Postgres database on the local server, dropped afterwards."""
     if _PG_PROBLEM:
         pytest.skip(f"Postgres unreachable: {_PG_PROBLEM}")
     name = await _create_pg_database()
@@ -90,6 +87,14 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator
         yield _pg_url(name)
     finally:
         await _drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A fresh, empty database for this test (SQLite, then Postgres); migrated on start."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/gateway.db"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

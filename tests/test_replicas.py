@@ -14,14 +14,13 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import _PG_PROBLEM, _create_pg_database, _drop_pg_database, _pg_url
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.llm import FakeLLM
 from tests.fakes.server import FakeServer, serve
@@ -29,17 +28,6 @@ from tests.processes import ROOT, GatewayProcess
 
 APP_SECRET = "replica-app-secret"
 PHONE_NUMBER_ID = "106540352242922"
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    if _PG_PROBLEM:
-        pytest.skip(f"Postgres unreachable: {_PG_PROBLEM}")
-    name = await _create_pg_database()
-    try:
-        yield _pg_url(name)
-    finally:
-        await _drop_pg_database(name)
 
 
 @pytest.fixture
@@ -208,7 +196,12 @@ async def test_sigterm_during_a_slow_turn_finishes_it_and_replies_once(
     llm.delay = 2
     with llm_server as llm_srv:
         env = env_for(
-            pg_url, llm_srv.url, server.url, fake.token, SHUTDOWN_TIMEOUT_SECONDS="20", LOG_LEVEL="info"
+            pg_url,
+            llm_srv.url,
+            server.url,
+            fake.token,
+            SHUTDOWN_TIMEOUT_SECONDS="20",
+            LOG_LEVEL="info",
         )
         with GatewayProcess(env, log=tmp_path / "a.log") as a:
             a.wait_ready()

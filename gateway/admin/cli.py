@@ -16,45 +16,27 @@ from typing import Any, TypeVar
 
 import typer
 
-from gateway.settings import ConfigError, load_settings
+from gateway.cli_common import database, settings_or_exit
 
 T = TypeVar("T")
 
 
 def _run(work: Callable[[Any, Any], Awaitable[T]], *, tools: bool = False) -> T:
     """Open the database (migrated), build the linker, run `work(sessions, linking)`."""
-    from gateway import migrate
     from gateway.linking import Linking
-    from identity.db import create_engine, session_factory
+    from gateway.registry import build_tools
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit()
 
     async def run() -> T:
-        engine = create_engine(settings.database_url)
-        composio = None
-        if tools and settings.composio_configured:
-            from kernel.tools import ComposioTools
-
-            composio = ComposioTools(
-                api_key=settings.composio_api_key.get_secret_value(),
-                base_url=settings.composio_base_url,
-                toolkits=settings.composio_toolkits,
-                auth_configs=settings.composio_auth_configs,
-                toolkit_versions=settings.composio_toolkit_versions,
-                telemetry=settings.composio_telemetry,
-            )
+        composio = build_tools(settings) if tools else None
         try:
-            await migrate.upgrade(engine)
-            sessions = session_factory(engine)
-            return await work(sessions, Linking(sessions, {}, composio))
+            async with database(settings) as sessions:
+                return await work(sessions, Linking(sessions, {}, composio))
         finally:
-            if composio is not None:
-                await composio.aclose()
-            await engine.dispose()
+            aclose = getattr(composio, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     return asyncio.run(run())
 
