@@ -11,6 +11,7 @@ import typer
 
 from gateway.admin.cli import register as register_admin_commands
 from gateway.cli_common import database, settings_or_exit
+from gateway.cli_doctor import doctor
 from gateway.cli_outbox import app as outbox_app
 from gateway.cli_slack import app as slack_app
 from gateway.cli_telegram import app as telegram_app
@@ -26,6 +27,7 @@ app.add_typer(whatsapp_app, name="whatsapp", help="WhatsApp Cloud API.")
 app.add_typer(telegram_app, name="telegram", help="Telegram bot.")
 app.add_typer(outbox_app, name="outbox", help="Outgoing messages: dead letters, retry, drop.")
 app.add_typer(slack_app, name="slack", help="Slack app.")
+app.command()(doctor)
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
