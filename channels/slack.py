@@ -29,10 +29,9 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -60,6 +59,7 @@ from channels.base import (
     VerificationFailed,
 )
 from channels.envelope import Attachment, Conversation, Envelope, Kind, OutboundMessage
+from channels.pacing import LruDict, TokenBucket
 from channels.slack_parse import (
     FILE_INFO_PREFIX,
     ParseContext,
@@ -83,56 +83,6 @@ _PERMANENT = {
 }  # fmt: skip
 _TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 _FATAL_AUTH = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A bounded mapping: memory must not grow with the number of users or threads seen."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._maxsize = maxsize
-
-    def get(self, key: K) -> V | None:
-        if key not in self._data:
-            return None
-        self._data.move_to_end(key)
-        return self._data[key]
-
-    def set(self, key: K, value: V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self._maxsize:
-            self._data.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class _Pacer:
-    """A token bucket per channel: Slack allows about 1 message/s per channel, short bursts ok.
-
-    The slot is reserved before sleeping, so concurrent sends to one channel queue up fairly.
-    """
-
-    def __init__(self, rate: float, burst: int, maxsize: int = 10_000) -> None:
-        self._rate, self._burst = rate, burst
-        self._buckets: _Lru[str, tuple[float, float]] = _Lru(maxsize)
-
-    async def wait(self, key: str) -> None:
-        if self._rate <= 0:
-            return
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key) or (float(self._burst), now)
-        tokens = min(float(self._burst), tokens + (now - last) * self._rate) - 1.0
-        self._buckets.set(key, (tokens, now))
-        if tokens < 0:
-            await asyncio.sleep(-tokens / self._rate)
 
 
 @dataclass
@@ -204,9 +154,9 @@ class SlackChannel(Channel):
         self._api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._reaction = progress_reaction
         self._timeout = timeout_seconds
-        self._pacer = _Pacer(messages_per_second, burst)
-        self._profiles: _Lru[tuple[str, str], str] = _Lru(cache_size)
-        self._threads: _Lru[str, bool] = _Lru(cache_size)
+        self._pacer = TokenBucket(messages_per_second, burst)
+        self._profiles: LruDict[tuple[str, str], str] = LruDict(cache_size)
+        self._threads: LruDict[str, bool] = LruDict(cache_size)
         self._bot_user_id: str | None = None
         self._bot_id: str | None = None
         self._team_id: str | None = None

@@ -42,6 +42,7 @@ from channels.base import (
     VerificationFailed,
 )
 from channels.envelope import Attachment, Conversation, Envelope, Kind, OutboundMessage
+from channels.pacing import TokenBucket
 from channels.whatsapp_format import MAX_TEXT_LENGTH, render_chunks
 from channels.whatsapp_parse import parse_webhook
 
@@ -73,8 +74,12 @@ class WhatsAppChannel(Channel):
         media_max_bytes: int = 16 * 1024 * 1024,
         *,
         timeout: float = 30.0,
+        pair_rate: float = 1 / 6,
+        pair_burst: int = 20,
     ) -> None:
         self.phone_number_id = str(phone_number_id)
+        # Meta's "pair rate limit": about one message per 6 s to one user, short bursts ok.
+        self._pacer = TokenBucket(pair_rate, pair_burst)
         self._app_secret = app_secret.encode()
         self._verify_token = verify_token.encode()
         self.media_max_bytes = media_max_bytes
@@ -141,6 +146,7 @@ class WhatsAppChannel(Channel):
         if len(message.text) > self.max_text_length:
             raise PermanentSendError(f"text longer than {self.max_text_length} characters")
         to, recipient = _address(target)
+        await self._pacer.wait(f"{message.account}:{target}")
         try:
             response = await wa.api.send_message(
                 sender=message.account or self.phone_number_id,
