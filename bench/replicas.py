@@ -81,9 +81,9 @@ async def _until(db_url: str, sql: str, target: int, within: float) -> float:
     raise TimeoutError(f"{sql!r} did not reach {target} within {within}s")
 
 
-async def _post_all(urls: list[str], messages: int, users: int) -> None:
+async def _post_all(urls: list[str], messages: int, users: int, first_id: int = 0) -> None:
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(messages):
+    for i in range(first_id, first_id + messages):
         queue.put_nowait(i)
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -138,23 +138,31 @@ async def throughput(n: int, llm_url: str, messages: int, users: int) -> tuple[f
 async def crash_pickup(stuck_url: str, llm_url: str, messages: int) -> tuple[float, float]:
     async with common.temp_database("postgres") as db_url:
         lease = {"lease_seconds": str(LEASE)}
-        with replicas(db_url, [stuck_url], **lease) as [(a_url, a_proc)]:
+        # A's model never answers, A must not give up on it before it is killed, and A has
+        # exactly one slot per message, so it cannot also take B's warm-up message.
+        a_settings = {"llm_timeout_seconds": "3600", "pool_concurrency": str(messages), **lease}
+        with replicas(db_url, [stuck_url], **a_settings) as [(a_url, a_proc)]:
             await _post_all([a_url], messages, messages)
             # A claims every message and hangs on its model, renewing its leases.
             await _until(
                 db_url, "SELECT count(*) FROM inbox WHERE status = 'processing'", messages, 60
             )
-            with replicas(db_url, [llm_url], **lease):  # B starts and finds nothing claimable
+            with replicas(db_url, [llm_url], **lease) as [(b_url, _)]:
+                # B finds nothing of A's claimable; one message of its own proves it is warm.
+                await _post_all(
+                    [b_url], 1, messages + 1, first_id=messages
+                )  # user "user{messages}"
+                warm = f"SELECT count(*) FROM inbox WHERE native_id = 'm{messages}' AND status = 'done'"
+                await _until(db_url, warm, 1, 120)
                 a_proc.send_signal(signal.SIGKILL)
                 a_proc.wait()
                 killed = time.perf_counter()
-                # A never finishes anything (its model never answers): any done row is B's.
+                # A never finishes anything (its model never answers): done rows are B's.
                 first = await _until(
-                    db_url, "SELECT count(*) FROM inbox WHERE status = 'done'", 1, 120
+                    db_url, "SELECT count(*) FROM inbox WHERE status = 'done'", 2, 120
                 )
-                last = await _until(
-                    db_url, "SELECT count(*) FROM outbox WHERE status = 'sent'", messages, 120
-                )
+                sent = "SELECT count(*) FROM outbox WHERE status = 'sent'"
+                last = await _until(db_url, sent, messages + 1, 120)
                 return first - killed, last - killed
 
 

@@ -15,8 +15,8 @@ def doctor(
 ) -> None:
     """Check settings, database, channel credentials, Composio and (with --llm) the model.
 
-    Prints one row per check (✔ / ✘ / – skipped) with the fix for each ✘; exits 1 if
-    anything is wrong, so it can gate a deployment.
+    One row per check (✔ ok, ✘ failed, – skipped), with the fix under each ✘.
+    Exits 1 if anything failed, so it can gate a deployment.
     """
     from gateway.doctor import SYMBOLS, render, run
 

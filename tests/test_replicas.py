@@ -163,7 +163,10 @@ async def test_kill_9_in_the_middle_of_turns_loses_nothing(
     with stuck_server as stuck_srv, healthy_server as healthy_srv:
         lease = {"LEASE_SECONDS": "3"}
         a = GatewayProcess(
-            env_for(pg_url, stuck_srv.url, server.url, fake.token, **lease), log=tmp_path / "a.log"
+            env_for(
+                pg_url, stuck_srv.url, server.url, fake.token, LLM_TIMEOUT_SECONDS="600", **lease
+            ),
+            log=tmp_path / "a.log",
         )
         b = GatewayProcess(
             env_for(pg_url, healthy_srv.url, server.url, fake.token, **lease),
