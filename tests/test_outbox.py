@@ -4,9 +4,6 @@ and delivery after a restart. The platform is the fake Graph API, driven through
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Iterator
 
@@ -20,7 +17,7 @@ from gateway.cli import app as cli
 from gateway.outbox import DEAD, SENT, OutboxItem
 from gateway.runtime import Gateway
 from tests.conftest import GatewayFactory
-from tests.fakes.graph_api import FakeGraphAPI
+from tests.fakes.graph_api import FakeGraphAPI, signed_headers, text_webhook
 from tests.fakes.server import FakeServer, serve
 
 APP_SECRET = "outbox-app-secret"
@@ -48,46 +45,12 @@ def channel_for(fake: FakeGraphAPI, url: str) -> WhatsAppChannel:
 
 
 async def say(gateway: Gateway, text: str, native_id: str) -> None:
-    body = json.dumps(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "102290129340398",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": "15550783881",
-                                    "phone_number_id": PHONE_NUMBER_ID,
-                                },
-                                "contacts": [{"profile": {"name": "Alice"}, "user_id": ALICE}],
-                                "messages": [
-                                    {
-                                        "from_user_id": ALICE,
-                                        "id": native_id,
-                                        "timestamp": str(int(time.time())),
-                                        "type": "text",
-                                        "text": {"body": text},
-                                    }
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
-    ).encode()
-    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    body = text_webhook(PHONE_NUMBER_ID, ALICE, "Alice", native_id, text, int(time.time()))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
     ) as client:
         response = await client.post(
-            "/webhooks/whatsapp",
-            content=body,
-            headers={"content-type": "application/json", "x-hub-signature-256": signature},
+            "/webhooks/whatsapp", content=body, headers=signed_headers(body, APP_SECRET)
         )
     assert response.status_code == 200
 

@@ -8,9 +8,6 @@ replies go through pywa to one local fake Graph API, which records every send in
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -21,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.graph_api import FakeGraphAPI
+from tests.fakes.graph_api import FakeGraphAPI, signed_headers, text_webhook
 from tests.fakes.llm import FakeLLM
 from tests.fakes.server import FakeServer, serve
 from tests.processes import ROOT, GatewayProcess
@@ -66,47 +63,19 @@ def user_id(n: int) -> str:
 
 
 def webhook(user: int, seq: int) -> bytes:
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550783881",
-                                "phone_number_id": PHONE_NUMBER_ID,
-                            },
-                            "contacts": [
-                                {"profile": {"name": f"User {user}"}, "user_id": user_id(user)}
-                            ],
-                            "messages": [
-                                {
-                                    "from_user_id": user_id(user),
-                                    "id": f"wamid.replica.{user}.{seq}",
-                                    "timestamp": str(1760000000 + seq),
-                                    "type": "text",
-                                    "text": {"body": f"u{user} #{seq}"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return json.dumps(payload).encode()
+    return text_webhook(
+        PHONE_NUMBER_ID,
+        user_id(user),
+        f"User {user}",
+        f"wamid.replica.{user}.{seq}",
+        f"u{user} #{seq}",
+        1760000000 + seq,
+    )
 
 
 async def post(client: httpx.AsyncClient, url: str, body: bytes) -> int:
-    signature = "sha256=" + hmac.new(APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
     response = await client.post(
-        f"{url}/webhooks/whatsapp",
-        content=body,
-        headers={"content-type": "application/json", "x-hub-signature-256": signature},
+        f"{url}/webhooks/whatsapp", content=body, headers=signed_headers(body, APP_SECRET)
     )
     return response.status_code
 
@@ -178,11 +147,10 @@ async def test_kill_9_in_the_middle_of_turns_loses_nothing(
                 for seq in range(per_user):
                     for user in range(users):
                         assert await post(client, a.url, webhook(user, seq)) == 200
-            # A holds every user's first message, waiting on its model, renewing its leases.
-            await until(lambda: stuck.in_flight == users, 90, "replica A mid-turn for everyone")
+            # A holds turns, waiting on its model and renewing its leases.
+            await until(lambda: stuck.in_flight > 0, 90, "replica A mid-turn")
             with b:
-                b.wait_ready()  # B runs, but finds nothing claimable while A lives
-                assert fake.texts() == []
+                b.wait_ready()  # B takes whatever A has not claimed, never A's turns
                 a.kill()
                 await until(lambda: len(fake.texts()) >= users * per_user, 120, "all answered")
                 # More than one reply to a message would show up as a count above 1.

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import itertools
+import json
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -305,3 +307,34 @@ def _unknown_object(object_id: str) -> dict[str, Any]:
     )
     body["error"]["error_subcode"] = 33
     return body
+
+
+def text_webhook(
+    phone_number_id: str, user_id: str, name: str, native_id: str, text: str, timestamp: int
+) -> bytes:
+    """The body of Meta's webhook for one text message from a BSUID-keyed user."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
+        "contacts": [{"profile": {"name": name}, "user_id": user_id}],
+        "messages": [
+            {
+                "from_user_id": user_id,
+                "id": native_id,
+                "timestamp": str(timestamp),
+                "type": "text",
+                "text": {"body": text},
+            }
+        ],
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(payload).encode()
+
+
+def signed_headers(body: bytes, app_secret: str) -> dict[str, str]:
+    """Headers Meta sends with a webhook body: X-Hub-Signature-256 over the raw bytes."""
+    digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"content-type": "application/json", "x-hub-signature-256": f"sha256={digest}"}
