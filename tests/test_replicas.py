@@ -80,11 +80,18 @@ async def post(client: httpx.AsyncClient, url: str, body: bytes) -> int:
     return response.status_code
 
 
-async def until(condition: Any, within: float, what: str) -> None:
-    """Wait for a condition observed in the fakes (not a timing assumption)."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - the state lives in fakes in other threads
-            await asyncio.sleep(0.05)
+async def until(condition: Any, within: float, what: str, *processes: GatewayProcess) -> None:
+    """Wait for a condition observed in the fakes (not a timing assumption).
+
+    On timeout the replicas' logs go into the failure, since they say why.
+    """
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - the state lives in fakes in other threads
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        logs = "\n".join(f"--- {p.log_path.name}\n{p.log()[-4000:]}" for p in processes)
+        raise AssertionError(f"{what}: not within {within}s\n{logs}") from None
 
 
 def answered(fake: FakeGraphAPI) -> Counter[str]:
@@ -112,7 +119,7 @@ async def test_two_replicas_answer_every_message_once_in_order(
                         target = (a, b)[(seq * users + user) % 2]
                         statuses.append(await post(client, target.url, webhook(user, seq)))
             assert set(statuses) == {200}
-            await until(lambda: len(fake.texts()) >= users * per_user, 120, "all answered")
+            await until(lambda: len(fake.texts()) >= users * per_user, 120, "all answered", a, b)
 
     counts = answered(fake)
     assert len(counts) == users * per_user and set(counts.values()) == {1}  # exactly once
@@ -137,22 +144,24 @@ async def test_kill_9_in_the_middle_of_turns_loses_nothing(
             ),
             log=tmp_path / "a.log",
         )
-        b = GatewayProcess(
-            env_for(pg_url, healthy_srv.url, server.url, fake.token, **lease),
-            log=tmp_path / "b.log",
-        )
         with a:
             a.wait_ready()
             async with httpx.AsyncClient(timeout=30) as client:
                 for seq in range(per_user):
                     for user in range(users):
                         assert await post(client, a.url, webhook(user, seq)) == 200
-            # A holds turns, waiting on its model and renewing its leases.
-            await until(lambda: stuck.in_flight > 0, 90, "replica A mid-turn")
+            # A holds the head of every user's queue, waiting on its model and renewing
+            # its leases. Only then does B start (a process starts when it is created), so
+            # B can take nothing until A is gone and its leases have run out.
+            await until(lambda: stuck.in_flight >= users, 90, "replica A mid-turn", a)
+            b = GatewayProcess(
+                env_for(pg_url, healthy_srv.url, server.url, fake.token, **lease),
+                log=tmp_path / "b.log",
+            )
             with b:
-                b.wait_ready()  # B takes whatever A has not claimed, never A's turns
+                b.wait_ready()
                 a.kill()
-                await until(lambda: len(fake.texts()) >= users * per_user, 120, "all answered")
+                await until(lambda: len(fake.texts()) >= users * per_user, 120, "all answered", b)
                 # More than one reply to a message would show up as a count above 1.
                 counts = answered(fake)
     assert len(counts) == users * per_user
@@ -180,7 +189,7 @@ async def test_sigterm_during_a_slow_turn_finishes_it_and_replies_once(
             a.wait_ready()
             async with httpx.AsyncClient(timeout=30) as client:
                 assert await post(client, a.url, webhook(1, 0)) == 200
-            await until(lambda: llm.in_flight > 0, 60, "turn running")
+            await until(lambda: llm.in_flight > 0, 60, "turn running", a)
             assert a.terminate() == 0, a.log()
     assert fake.texts(user_id(1)) == ["echo: u1 #0"]
 
