@@ -1,14 +1,19 @@
 """Client-side pacing that keeps an adapter under a platform's per-conversation limits.
 
-Both pieces are bounded: memory must not grow with the number of chats ever seen.
+One pacer for every adapter, so fairness, bounded memory and the hand-off of long waits to
+the outbox (`RateLimited`) behave the same everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from channels.base import RateLimited
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -40,21 +45,67 @@ class LruDict(Generic[K, V]):
         return len(self._data)
 
 
-class TokenBucket:
-    """A token bucket per key (a chat, a channel, a recipient): `rate` sends per second on
-    average, `burst` at once. The slot is reserved before sleeping, so concurrent sends to
-    one key queue up fairly."""
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` sends to one key in any `per` seconds (only to groups if `groups_only`).
 
-    def __init__(self, rate: float, burst: int, maxsize: int = 10_000) -> None:
-        self._rate, self._burst = rate, burst
-        self._buckets: LruDict[str, tuple[float, float]] = LruDict(maxsize)
+    A sliding window, not a token bucket: a bucket with the same burst and rate lets up to
+    twice `count` through within `per` (the burst, then the refill), breaking "N per
+    minute" rules like Telegram's.
+    """
 
-    async def wait(self, key: str) -> None:
-        if self._rate <= 0:
+    count: int
+    per: float
+    groups_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.per <= 0:
+            raise ValueError("a limit needs count >= 1 and per > 0")
+
+
+def average(per_second: float, burst: int) -> tuple[Limit, ...]:
+    """`per_second` sends on average with bursts of `burst`; no limit if `per_second` <= 0."""
+    return (Limit(burst, burst / per_second),) if per_second > 0 else ()
+
+
+class Pacer:
+    """Spaces sends per key (a chat, a channel, a recipient) under every applicable `Limit`.
+
+    The slot is reserved before sleeping, so concurrent senders to one key go out in call
+    order. A wait longer than `max_wait` raises `RateLimited(retry_after=wait)` and reserves
+    nothing, so the outbox reschedules instead of holding a worker. Only the `max_keys`
+    most recently used keys are remembered; a forgotten key starts with a fresh budget.
+    """
+
+    def __init__(
+        self,
+        *limits: Limit,
+        max_wait: float = 10.0,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._limits = limits
+        self._max_wait = max_wait
+        self._history = max((limit.count for limit in limits), default=0)
+        self._slots: LruDict[str, deque[float]] = LruDict(max_keys)
+        self._clock = clock
+        self._sleep = sleep
+
+    async def acquire(self, key: str, is_group: bool = False) -> None:
+        """Wait for this key's next free slot, or raise `RateLimited` if it is too far off."""
+        if not self._history:
             return
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key) or (float(self._burst), now)
-        tokens = min(float(self._burst), tokens + (now - last) * self._rate) - 1.0
-        self._buckets.set(key, (tokens, now))
-        if tokens < 0:
-            await asyncio.sleep(-tokens / self._rate)
+        now = self._clock()
+        slots = self._slots.get(key) or deque(maxlen=self._history)
+        start = max(now, slots[-1]) if slots else now  # never ahead of an earlier caller
+        for limit in self._limits:
+            if (is_group or not limit.groups_only) and len(slots) >= limit.count:
+                start = max(start, slots[-limit.count] + limit.per)
+        wait = start - now
+        if wait > self._max_wait:
+            raise RateLimited(f"pacing sends to {key}", retry_after=wait)
+        slots.append(start)
+        self._slots.set(key, slots)
+        if wait > 0:
+            await self._sleep(wait)

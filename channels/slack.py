@@ -59,7 +59,7 @@ from channels.base import (
     VerificationFailed,
 )
 from channels.envelope import Attachment, Conversation, Envelope, Kind, OutboundMessage
-from channels.pacing import LruDict, TokenBucket
+from channels.pacing import LruDict, Pacer, average
 from channels.slack_parse import (
     FILE_INFO_PREFIX,
     ParseContext,
@@ -154,7 +154,7 @@ class SlackChannel(Channel):
         self._api_url = api_url if api_url.endswith("/") else api_url + "/"
         self._reaction = progress_reaction
         self._timeout = timeout_seconds
-        self._pacer = TokenBucket(messages_per_second, burst)
+        self._pacer = Pacer(*average(messages_per_second, burst))
         self._profiles: LruDict[tuple[str, str], str] = LruDict(cache_size)
         self._threads: LruDict[str, bool] = LruDict(cache_size)
         self._bot_user_id: str | None = None
@@ -447,7 +447,7 @@ class SlackChannel(Channel):
     async def send(self, message: OutboundMessage) -> str:
         client = await self._web(message.account)
         channel = message.conversation.id
-        await self._pacer.wait(f"{message.account}:{channel}")
+        await self._pacer.acquire(f"{message.account}:{channel}")
         try:
             if message.private_to and message.conversation.is_group:
                 # Never into the group: visible to its owner only (Invariant 2).

@@ -18,8 +18,7 @@ import json
 import logging
 import time
 import warnings
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +49,7 @@ from channels.base import (
     VerificationFailed,
 )
 from channels.envelope import Attachment, Conversation, Envelope, Kind, OutboundMessage
+from channels.pacing import Limit, Pacer
 from channels.telegram_format import MAX_MESSAGE_LENGTH, render, to_plain
 from channels.telegram_parse import ALLOWED_UPDATES, BotIdentity, parse_update, reduce_update
 
@@ -90,50 +90,8 @@ def _hide_token_in_http_logs(token: str) -> None:
         http_logger.addFilter(_redact)
 
 
-class SendPacer:
-    """Keeps sends under Telegram's limits: about 1 message/s per chat, 20/min per group.
-
-    A slot is reserved before waiting, so concurrent senders queue up correctly; a wait
-    longer than `max_wait` raises `RateLimited` instead, so the outbox reschedules rather
-    than holding a worker. Memory is bounded: only the most recent chats are remembered.
-    """
-
-    def __init__(
-        self,
-        per_chat_interval: float = 1.0,
-        group_per_minute: int = 20,
-        *,
-        max_wait: float = 10.0,
-        max_chats: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.per_chat_interval = per_chat_interval
-        self.group_per_minute = group_per_minute
-        self.max_wait = max_wait
-        self.max_chats = max_chats
-        self._clock = clock
-        self._sleep = sleep
-        self._chats: OrderedDict[str, deque[float]] = OrderedDict()
-
-    async def acquire(self, chat: str, is_group: bool) -> None:
-        now = self._clock()
-        slots = self._chats.get(chat) or deque(maxlen=max(1, self.group_per_minute))
-        start = now
-        if slots:
-            start = max(start, slots[-1] + self.per_chat_interval)
-        if is_group and self.group_per_minute and len(slots) >= self.group_per_minute:
-            start = max(start, slots[-self.group_per_minute] + 60.0)
-        wait = start - now
-        if wait > self.max_wait:
-            raise RateLimited(f"pacing sends to chat {chat}", retry_after=wait)
-        slots.append(start)
-        self._chats[chat] = slots
-        self._chats.move_to_end(chat)
-        while len(self._chats) > self.max_chats:
-            self._chats.popitem(last=False)
-        if wait > 0:
-            await self._sleep(wait)
+SEND_LIMITS = (Limit(1, 1.0), Limit(20, 60.0, groups_only=True))
+"""Telegram's send limits: about 1 message/s per chat, 20/min per group."""
 
 
 class TelegramChannel(Channel):
@@ -152,7 +110,7 @@ class TelegramChannel(Channel):
         *,
         poll_timeout: int = 30,
         poll_backoff: tuple[float, float] = (1.0, 60.0),
-        pacer: SendPacer | None = None,
+        pacer: Pacer | None = None,
         typing_interval: float = 4.5,
         typing_max_seconds: float = 300.0,
     ) -> None:
@@ -165,7 +123,7 @@ class TelegramChannel(Channel):
         self.commands = list(commands or [])
         self.poll_timeout = poll_timeout
         self.poll_backoff = poll_backoff
-        self.pacer = pacer or SendPacer()
+        self.pacer = pacer if pacer is not None else Pacer(*SEND_LIMITS)
         self.typing_interval = typing_interval
         self.typing_max_seconds = typing_max_seconds
         _hide_token_in_http_logs(token)

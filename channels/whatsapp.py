@@ -42,7 +42,7 @@ from channels.base import (
     VerificationFailed,
 )
 from channels.envelope import Attachment, Conversation, Envelope, Kind, OutboundMessage
-from channels.pacing import TokenBucket
+from channels.pacing import Pacer, average
 from channels.whatsapp_format import MAX_TEXT_LENGTH, render_chunks
 from channels.whatsapp_parse import parse_webhook
 
@@ -79,7 +79,7 @@ class WhatsAppChannel(Channel):
     ) -> None:
         self.phone_number_id = str(phone_number_id)
         # Meta's "pair rate limit": about one message per 6 s to one user, short bursts ok.
-        self._pacer = TokenBucket(pair_rate, pair_burst)
+        self._pacer = Pacer(*average(pair_rate, pair_burst))
         self._app_secret = app_secret.encode()
         self._verify_token = verify_token.encode()
         self.media_max_bytes = media_max_bytes
@@ -146,7 +146,7 @@ class WhatsAppChannel(Channel):
         if len(message.text) > self.max_text_length:
             raise PermanentSendError(f"text longer than {self.max_text_length} characters")
         to, recipient = _address(target)
-        await self._pacer.wait(f"{message.account}:{target}")
+        await self._pacer.acquire(f"{message.account}:{target}")
         try:
             response = await wa.api.send_message(
                 sender=message.account or self.phone_number_id,

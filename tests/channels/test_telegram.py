@@ -30,7 +30,8 @@ from channels.envelope import (
     Kind,
     OutboundMessage,
 )
-from channels.telegram import SendPacer, TelegramChannel
+from channels.pacing import Pacer
+from channels.telegram import SEND_LIMITS, TelegramChannel
 from tests.fakes.bot_api import BOT_ID, NOT_STARTED, TOKEN, FakeBotAPI, serve_bot_api
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "telegram"
@@ -112,7 +113,7 @@ def fake() -> Iterator[FakeBotAPI]:
 def make_channel(fake: FakeBotAPI, **kwargs: Any) -> TelegramChannel:
     options: dict[str, Any] = {
         "commands": [("help", "What I can do"), ("connect", "Connect an app")],
-        "pacer": SendPacer(0, 0), "poll_timeout": 1, "poll_backoff": (0.01, 0.05),
+        "pacer": Pacer(), "poll_timeout": 1, "poll_backoff": (0.01, 0.05),
     }
     options.update(kwargs)
     return TelegramChannel(TOKEN, options.pop("secret", SECRET), options.pop("mode", "webhook"),
@@ -468,8 +469,7 @@ async def test_network_failure_is_transient() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    tg = TelegramChannel(TOKEN, SECRET, "webhook", f"http://127.0.0.1:{port}",
-                         pacer=SendPacer(0, 0))
+    tg = TelegramChannel(TOKEN, SECRET, "webhook", f"http://127.0.0.1:{port}", pacer=Pacer())
     try:
         with pytest.raises(TransientSendError):
             await tg.send(outbound("hello"))
@@ -691,7 +691,7 @@ class Clock:
 
 async def test_pacer_spaces_messages_per_chat() -> None:
     clock = Clock()
-    pacer = SendPacer(1.0, 20, clock=clock, sleep=clock.sleep)
+    pacer = Pacer(*SEND_LIMITS, clock=clock, sleep=clock.sleep)
     for _ in range(3):
         await pacer.acquire("1", is_group=False)
     await pacer.acquire("2", is_group=False)
@@ -700,35 +700,31 @@ async def test_pacer_spaces_messages_per_chat() -> None:
 
 async def test_pacer_keeps_groups_under_twenty_per_minute() -> None:
     clock = Clock()
-    pacer = SendPacer(1.0, 20, max_wait=100, clock=clock, sleep=clock.sleep)
+    pacer = Pacer(*SEND_LIMITS, max_wait=100, clock=clock, sleep=clock.sleep)
     for _ in range(21):
         await pacer.acquire("-1", is_group=True)
     assert clock.slept[:19] == [1.0] * 19
     assert clock.slept[19] == 41.0  # the 21st waits until a minute after the 1st
+    clock.slept.clear()
+    for _ in range(21):
+        await pacer.acquire("1", is_group=False)  # private chats have no minute window
+    assert clock.slept == [1.0] * 20
 
 
 async def test_pacer_asks_for_a_retry_instead_of_a_long_wait() -> None:
     clock = Clock()
-    pacer = SendPacer(1.0, 2, max_wait=5, clock=clock, sleep=clock.sleep)
-    await pacer.acquire("-1", is_group=True)
-    await pacer.acquire("-1", is_group=True)
+    pacer = Pacer(*SEND_LIMITS, clock=clock, sleep=clock.sleep)
+    for _ in range(20):
+        await pacer.acquire("-1", is_group=True)
     with pytest.raises(RateLimited) as caught:
         await pacer.acquire("-1", is_group=True)
-    assert caught.value.retry_after == pytest.approx(59.0)
-
-
-async def test_pacer_memory_is_bounded() -> None:
-    clock = Clock()
-    pacer = SendPacer(1.0, 20, max_chats=100, clock=clock, sleep=clock.sleep)
-    for chat in range(1000):
-        await pacer.acquire(str(chat), is_group=False)
-    assert len(pacer._chats) == 100
+    assert caught.value.retry_after == pytest.approx(41.0)
 
 
 async def test_concurrent_sends_to_one_chat_are_spaced(channel: TelegramChannel,
                                                        fake: FakeBotAPI) -> None:
     clock = Clock(advance=False)  # all three reserve their slot at the same instant
-    channel.pacer = SendPacer(1.0, 20, clock=clock, sleep=clock.sleep)
+    channel.pacer = Pacer(*SEND_LIMITS, clock=clock, sleep=clock.sleep)
     await asyncio.gather(*(channel.send(outbound(f"m{n}")) for n in range(3)))
     assert sorted(clock.slept) == [1.0, 2.0]
     assert len(fake.sent) == 3

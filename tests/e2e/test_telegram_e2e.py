@@ -16,7 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from channels.telegram import SendPacer, TelegramChannel
+from channels.pacing import Pacer
+from channels.telegram import TelegramChannel
 from gateway.delivery import COULD_NOT_DM, SENT_PRIVATELY
 from gateway.inbox import InboxItem
 from gateway.outbox import OutboxItem
@@ -76,12 +77,12 @@ class TelegramGateway:
 async def start(make_gateway: GatewayFactory, bot_api: FakeBotAPI) -> AsyncIterator[Any]:
     clients: list[httpx.AsyncClient] = []
 
-    async def factory(*, mode: str = "webhook", pacer: SendPacer | None = None,
+    async def factory(*, mode: str = "webhook", pacer: Pacer | None = None,
                       **overrides: Any) -> TelegramGateway:
         channel = TelegramChannel(
             TOKEN, SECRET, mode, bot_api.url,
             commands=[("help", "What I can do"), ("connect", "Connect an app")],
-            pacer=pacer or SendPacer(0, 0), poll_timeout=1, poll_backoff=(0.01, 0.05),
+            pacer=pacer or Pacer(), poll_timeout=1, poll_backoff=(0.01, 0.05),
         )
         gateway = await make_gateway([channel], **overrides)
         tg = TelegramGateway(gateway, bot_api)
