@@ -73,12 +73,13 @@ def create_app(gateway: Gateway) -> Starlette:
         elapsed = time.perf_counter() - started
         gateway.metrics.ack_seconds.labels(name).observe(elapsed)
         log.info(
-            "%s webhook: %d stored, %d duplicate, %d status in %.1f ms",
+            "%s webhook: %d stored, %d duplicate, %d status in %.1f ms (%s)",
             name,
             accepted.stored,
             accepted.duplicates,
             accepted.statuses,
             elapsed * 1000,
+            ", ".join(e.id for e in received.envelopes) or "no envelopes",
         )
         return received.response or PlainTextResponse("ok")
 

@@ -19,6 +19,7 @@ from channels.base import Channel, PermanentSendError, RateLimited, SendError
 from channels.envelope import OutboundMessage
 from gateway import leases, outbox
 from gateway.leases import PENDING
+from gateway.logs import correlated
 from gateway.metrics import Metrics
 from gateway.outbox import DEAD, SENT, OutboxItem
 from identity.db import utcnow
@@ -83,6 +84,10 @@ class Deliverer:
         self._metrics = metrics
 
     async def __call__(self, item: ClaimedSend) -> None:
+        with correlated(item.inbox_id):
+            await self._deliver(item)
+
+    async def _deliver(self, item: ClaimedSend) -> None:
         message = item.message
         channel = self._channels.get(message.channel)
         if channel is None:
@@ -129,6 +134,7 @@ class Deliverer:
 
     async def _sent(self, item: ClaimedSend, platform_id: str, notice: str | None) -> None:
         self._metrics.outbound.labels(item.message.channel, "sent").inc()
+        log.info("sent %s %s (attempt %d)", item.message.channel, platform_id, item.attempts)
         async with self._sessions.begin() as session:
             if (
                 await leases.finish(

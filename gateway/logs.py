@@ -1,7 +1,9 @@
 """Logging setup, with secrets and personal data masked unless explicitly unmasked.
 
 Masking happens on the formatted line, so it covers library loggers too (a Graph API
-URL with a token in it, an exception quoting a phone number).
+URL with a token in it, an exception quoting a phone number). Every line logged while a
+message is stored, turned or sent carries that message's envelope id (a context
+variable, so library loggers' lines carry it too): grep one id to follow one message.
 """
 
 from __future__ import annotations
@@ -10,6 +12,22 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_envelope_id: ContextVar[str | None] = ContextVar("envelope_id", default=None)
+
+
+@contextmanager
+def correlated(envelope_id: str | None) -> Iterator[None]:
+    """Lines logged inside (in this task) carry `envelope_id`."""
+    token = _envelope_id.set(envelope_id)
+    try:
+        yield
+    finally:
+        _envelope_id.reset(token)
+
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Telegram bot tokens: 123456789:AA...
@@ -40,22 +58,25 @@ def mask(text: str) -> str:
 
 class MaskingFormatter(logging.Formatter):
     def __init__(self, *, json_lines: bool, unmasked: bool) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(envelope)s: %(message)s")
         self.json_lines = json_lines
         self.unmasked = unmasked
 
     def format(self, record: logging.LogRecord) -> str:
+        envelope_id = _envelope_id.get()
         if self.json_lines:
             line = json.dumps(
                 {
                     "time": self.formatTime(record),
                     "level": record.levelname.lower(),
                     "logger": record.name,
+                    **({"envelope_id": envelope_id} if envelope_id else {}),
                     "message": record.getMessage(),
                     **({"exc": self.formatException(record.exc_info)} if record.exc_info else {}),
                 }
             )
         else:
+            record.envelope = f" [{envelope_id}]" if envelope_id else ""
             line = super().format(record)
         return line if self.unmasked else mask(line)
 

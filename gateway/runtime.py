@@ -16,6 +16,7 @@ from gateway.channel_state import DatabaseChannelState
 from gateway.delivery import Deliverer, outbox_source
 from gateway.inbox import InboxItem
 from gateway.leases import worker_id
+from gateway.logs import correlated
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxItem
 from gateway.process_lock import ProcessLock, sqlite_path
@@ -24,7 +25,7 @@ from gateway.settings import Settings
 from gateway.turns import TurnRunner, inbox_source
 from gateway.wakeup import PostgresListener, notify
 from identity.db import create_engine, session_factory, utcnow
-from identity.service import IdentityService, Profile
+from identity.service import IdentityService, Profile, resolve_in
 from kernel.agent import Agent, AgentConfig
 from kernel.commands import Commands
 from kernel.llm import LLM, LLMConfig, warm_up
@@ -39,6 +40,7 @@ ANSWERED_KINDS = frozenset({Kind.MESSAGE, Kind.BUTTON, Kind.UNSUPPORTED})
 @dataclass
 class Accepted:
     stored: int = 0
+    turns: int = 0  # stored rows that start a turn
     duplicates: int = 0
     statuses: int = 0
 
@@ -198,36 +200,58 @@ class Gateway:
 
     # --- the webhook path -----------------------------------------------------------
     async def accept(self, envelopes: list[Envelope]) -> Accepted:
-        """Store envelopes durably (deduplicated); returns only after the commit."""
+        """Store envelopes durably (deduplicated); returns only after the commit.
+
+        One transaction for the whole batch: who sent it (creating the user on first
+        sight), the inbox rows and delivery statuses. It is the ack path's only cost
+        that grows with load, so it does as little as it can.
+        """
         accepted = Accepted()
-        rows: list[tuple[Envelope, str, bool]] = []
-        for envelope in envelopes:
-            self.metrics.inbound.labels(envelope.channel, str(envelope.kind)).inc()
-            if envelope.kind == Kind.STATUS:
-                accepted.statuses += 1
-                await self._record_status(envelope)
-                continue
-            sender = envelope.sender
-            user = await self.identity.resolve(
-                envelope.channel,
-                envelope.account,
-                sender.id,
-                Profile(sender.display_name, sender.username, sender.phone),
-            )
-            rows.append((envelope, user.id, self._needs_turn(envelope)))
-        if rows:
-            async with self.sessions.begin() as session:
-                for envelope, user_id, needs_turn in rows:
-                    if needs_turn:
-                        await notify(session)
-                    if await inbox.insert(session, envelope, user_id, needs_turn=needs_turn):
-                        accepted.stored += 1
-                    else:
-                        accepted.duplicates += 1
-                        self.metrics.duplicates.labels(envelope.channel).inc()
-        if accepted.stored:
+        async with self.sessions.begin() as session:
+            for envelope in envelopes:
+                with correlated(envelope.id):
+                    await self._store(session, envelope, accepted)
+            if accepted.turns:
+                await notify(session)
+        if accepted.turns:
             self.turns.wake()
         return accepted
+
+    async def _store(self, session: AsyncSession, envelope: Envelope, accepted: Accepted) -> None:
+        self.metrics.inbound.labels(envelope.channel, str(envelope.kind)).inc()
+        if envelope.kind == Kind.STATUS:
+            accepted.statuses += 1
+            if envelope.native_message_id and envelope.status:
+                await outbox.record_delivery(
+                    session,
+                    envelope.channel,
+                    envelope.native_message_id,
+                    envelope.status,
+                    envelope.status_error,
+                )
+            return
+        sender = envelope.sender
+        user = await resolve_in(
+            session,
+            envelope.channel,
+            envelope.account,
+            sender.id,
+            Profile(sender.display_name, sender.username, sender.phone),
+        )
+        needs_turn = self._needs_turn(envelope)
+        if await inbox.insert(session, envelope, user.id, needs_turn=needs_turn):
+            accepted.stored += 1
+            accepted.turns += needs_turn
+            log.info(
+                "stored %s %s%s",
+                envelope.channel,
+                envelope.kind,
+                "" if needs_turn else " (no turn)",
+            )
+        else:
+            accepted.duplicates += 1
+            self.metrics.duplicates.labels(envelope.channel).inc()
+            log.info("duplicate %s %s dropped", envelope.channel, envelope.kind)
 
     def _needs_turn(self, envelope: Envelope) -> bool:
         if envelope.kind not in ANSWERED_KINDS or envelope.sender.is_bot:
@@ -236,18 +260,6 @@ class Gateway:
             return True
         policy = self.settings.group_reply_policy
         return policy == "always" or (policy == "mention" and envelope.mentioned)
-
-    async def _record_status(self, envelope: Envelope) -> None:
-        if not envelope.native_message_id or not envelope.status:
-            return
-        async with self.sessions.begin() as session:
-            await outbox.record_delivery(
-                session,
-                envelope.channel,
-                envelope.native_message_id,
-                envelope.status,
-                envelope.status_error,
-            )
 
     # --- observation ------------------------------------------------------------------
     async def observe_inbox(self) -> None:

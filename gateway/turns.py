@@ -18,6 +18,7 @@ from channels.base import Channel
 from channels.envelope import Attachment, Envelope, OutboundMessage, Reply
 from gateway import leases, outbox
 from gateway.inbox import DONE, FAILED, InboxItem
+from gateway.logs import correlated
 from gateway.metrics import Metrics
 from identity.db import utcnow
 from identity.service import IdentityService
@@ -78,6 +79,10 @@ class TurnRunner:
         self._on_committed = on_committed
 
     async def __call__(self, item: ClaimedMessage) -> None:
+        with correlated(item.envelope.id):
+            await self._turn(item)
+
+    async def _turn(self, item: ClaimedMessage) -> None:
         envelope = item.envelope
         channel = self._channels.get(envelope.channel)
         if channel is None:
@@ -113,7 +118,14 @@ class TurnRunner:
             result = TurnResult(replies=[Reply(text=APOLOGY)], error=f"{type(exc).__name__}: {exc}")
         await self._commit(item, result, channel, user.id)
         await _best_effort(channel.done(envelope), "progress indicator removal")
-        self._observe(result, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._observe(result, seconds)
+        log.info(
+            "turn done in %.0f ms (model %.0f ms): %d replies",
+            seconds * 1000,
+            result.llm_seconds * 1000,
+            len(result.replies),
+        )
 
     def _observe(self, result: TurnResult, seconds: float) -> None:
         metrics = self._metrics

@@ -64,54 +64,8 @@ class IdentityService:
         self, channel: str, account: str, channel_user_id: str, profile: Profile | None = None
     ) -> ResolvedUser:
         """The user behind this identity; race-safe on first sight (one user per identity)."""
-        profile = profile or Profile()
-        found = await self._find(channel, account, channel_user_id, profile)
-        if found is not None:
-            return found
-        try:
-            async with self._sessions.begin() as session:
-                user = User(display_name=profile.display_name or profile.username)
-                session.add(user)
-                await session.flush()
-                session.add(
-                    Identity(
-                        channel=channel,
-                        account=account,
-                        channel_user_id=channel_user_id,
-                        user_id=user.id,
-                        display_name=profile.display_name,
-                        username=profile.username,
-                        phone=profile.phone,
-                    )
-                )
-            return _resolved(user)
-        except IntegrityError:
-            # Another request created it first; theirs is the one.
-            found = await self._find(channel, account, channel_user_id, profile)
-            if found is None:  # pragma: no cover - the unique row cannot vanish in between
-                raise
-            return found
-
-    async def _find(
-        self, channel: str, account: str, channel_user_id: str, profile: Profile
-    ) -> ResolvedUser | None:
         async with self._sessions.begin() as session:
-            row = (
-                await session.execute(
-                    select(Identity, User)
-                    .join(User, User.id == Identity.user_id)
-                    .where(
-                        Identity.channel == channel,
-                        Identity.account == account,
-                        Identity.channel_user_id == channel_user_id,
-                    )
-                )
-            ).first()
-            if row is None:
-                return None
-            identity, user = row
-            _refresh_profile(identity, profile)
-            return _resolved(user)
+            return await resolve_in(session, channel, account, channel_user_id, profile)
 
     async def get(self, user_id: str) -> ResolvedUser | None:
         """The live user behind `user_id`: a merged user leads to the user it joined,
@@ -160,6 +114,65 @@ class IdentityService:
                 )
                 or 0
             )
+
+
+async def resolve_in(
+    session: AsyncSession,
+    channel: str,
+    account: str,
+    channel_user_id: str,
+    profile: Profile | None = None,
+) -> ResolvedUser:
+    """`IdentityService.resolve` inside the caller's transaction (the webhook path stores
+    the message in the same one). A concurrent first sight loses the unique constraint
+    in a savepoint and takes the winner's user."""
+    profile = profile or Profile()
+    found = await _find(session, channel, account, channel_user_id, profile)
+    if found is not None:
+        return found
+    try:
+        async with session.begin_nested():
+            user = User(display_name=profile.display_name or profile.username)
+            session.add(user)
+            await session.flush()
+            session.add(
+                Identity(
+                    channel=channel,
+                    account=account,
+                    channel_user_id=channel_user_id,
+                    user_id=user.id,
+                    display_name=profile.display_name,
+                    username=profile.username,
+                    phone=profile.phone,
+                )
+            )
+        return _resolved(user)
+    except IntegrityError:
+        found = await _find(session, channel, account, channel_user_id, profile)
+        if found is None:  # pragma: no cover - the unique row cannot vanish in between
+            raise
+        return found
+
+
+async def _find(
+    session: AsyncSession, channel: str, account: str, channel_user_id: str, profile: Profile
+) -> ResolvedUser | None:
+    row = (
+        await session.execute(
+            select(Identity, User)
+            .join(User, User.id == Identity.user_id)
+            .where(
+                Identity.channel == channel,
+                Identity.account == account,
+                Identity.channel_user_id == channel_user_id,
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    identity, user = row
+    _refresh_profile(identity, profile)
+    return _resolved(user)
 
 
 async def live_user(session: AsyncSession, user_id: str) -> ResolvedUser | None:

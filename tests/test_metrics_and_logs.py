@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -111,3 +112,53 @@ def test_unmasked_only_when_explicitly_asked_at_debug() -> None:
     handler = logging.getLogger().handlers[0]
     assert handler.formatter.unmasked  # type: ignore[union-attr]
     configure_logging("warning")
+
+
+class _JsonLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(MaskingFormatter(json_lines=True, unmasked=False))
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_one_envelope_id_follows_each_message_from_webhook_to_send(
+    make_gateway: GatewayFactory, fake_llm: FakeLLM
+) -> None:
+    console = ConsoleChannel(token="log-secret")
+    gateway = await make_gateway([console])
+    captured = _JsonLines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(captured)
+    root.setLevel(logging.INFO)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+        ) as client:
+            for user, text in (("ann", "hello there"), ("bob", "my secret plans")):
+                response = await client.post(
+                    "/webhooks/console",
+                    json={"user": user, "text": text, "id": f"{user}-1"},
+                    headers={"Authorization": "Bearer log-secret"},
+                )
+                assert response.status_code == 200
+            await gateway.wait_idle()
+    finally:
+        root.removeHandler(captured)
+        root.setLevel(level)
+
+    stored = [line for line in captured.lines if line["message"].startswith("stored console")]
+    ids = {line["envelope_id"] for line in stored}
+    assert len(stored) == 2 and len(ids) == 2
+    for envelope_id in ids:
+        mine = [
+            line["message"] for line in captured.lines if line.get("envelope_id") == envelope_id
+        ]
+        assert any(m.startswith("turn done") for m in mine), mine
+        assert any(m.startswith("sent console") for m in mine), mine
+        webhook = [line for line in captured.lines if "webhook: 1 stored" in line["message"]]
+        assert any(envelope_id in line["message"] for line in webhook)
+    assert not any("secret plans" in line["message"] for line in captured.lines)
