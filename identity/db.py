@@ -1,7 +1,10 @@
 """The database every package stores into: one async engine, SQLite or Postgres.
 
-SQLite runs in WAL mode with every transaction begun IMMEDIATE, so concurrent writers in
-one process queue on the database lock instead of failing with "database is locked".
+SQLite allows one writer at a time. Its own lock makes a waiter poll in sleeps of 1 to
+100 ms, unfairly, so under load a webhook could wait seconds behind turns and sends. One
+connection per process instead makes every transaction queue, in order and without
+polling, on SQLAlchemy's async pool (WAL mode; every transaction is BEGIN IMMEDIATE, so
+a CLI command next to the running gateway waits for the lock instead of failing).
 """
 
 from __future__ import annotations
@@ -48,9 +51,8 @@ def utcnow() -> datetime:
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if url.startswith("sqlite"):
-        # Keep connections (each is a thread plus PRAGMAs to set up) instead of churning them.
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=pool_size
+            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=60
         )
         _configure_sqlite(engine)
         return engine
