@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -11,10 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from channels.base import MalformedPayload, VerificationFailed
+from channels.base import Channel, MalformedPayload, VerificationFailed
 from gateway import migrate
 from gateway.admin import admin_routes
 from gateway.runtime import Gateway
+from gateway.shedding import Overloaded, WebhookLimiter
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,25 @@ def create_app(gateway: Gateway) -> Starlette:
             return JSONResponse({"status": "schema not at head"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    limiter = WebhookLimiter(
+        gateway.settings.webhook_max_in_flight, gateway.metrics.webhooks_in_flight
+    )
+
     async def webhook(request: Request) -> Response:
         name = request.path_params["channel"]
         channel = gateway.channels.get(name)
         if channel is None:
             return PlainTextResponse("unknown channel", status_code=404)
+        try:
+            with limiter.admit():
+                return await receive(request, name, channel)
+        except Overloaded:
+            gateway.metrics.shed.labels(name).inc()
+            return PlainTextResponse(
+                "overloaded, retry later", status_code=503, headers={"Retry-After": "1"}
+            )
+
+    async def receive(request: Request, name: str, channel: Channel) -> Response:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_WEBHOOK_BYTES:
             log.warning("%s webhook rejected: body of %s bytes is too large", name, length)
@@ -86,7 +102,8 @@ def create_app(gateway: Gateway) -> Starlette:
     async def metrics(request: Request) -> Response:
         if gateway.engine is not None:
             try:
-                await gateway.observe_inbox()
+                async with asyncio.timeout(1):  # a busy database must not stall the scrape
+                    await gateway.observe_inbox()
             except Exception as exc:
                 log.warning("metrics: inbox gauges unavailable: %s", exc)
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -29,6 +29,17 @@ class Metrics:
             ["channel", "reason"],
             registry=registry,
         )
+        self.webhooks_in_flight = Gauge(
+            "gateway_webhooks_in_flight",
+            "Webhook requests being verified and stored right now.",
+            registry=registry,
+        )
+        self.shed = Counter(
+            "gateway_webhooks_shed",
+            "Webhook requests answered 503 because too many were in flight.",
+            ["channel"],
+            registry=registry,
+        )
         self.ack_seconds = Histogram(
             "gateway_webhook_ack_seconds",
             "Time from request to the platform's 200.",

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         "", description="Public URL of this gateway, used to print webhook URLs."
     )
+    webhook_max_in_flight: int = Field(
+        128,
+        ge=0,
+        description="Webhook requests handled at once; beyond it a fast 503 asks the platform "
+        "to retry later instead of a late 200 (0: no limit).",
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text or json (one object per line)."
