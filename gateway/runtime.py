@@ -99,7 +99,6 @@ class Gateway:
         lease = settings.lease_seconds
         runner = TurnRunner(
             sessions=self.sessions,
-            identity=self.identity,
             agent=self.agent,
             channels=self.channels,
             owner=self.owner,

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         "", description="Public URL of this gateway, used to print webhook URLs."
     )
     webhook_max_in_flight: int = Field(
-        128,
+        256,
         ge=0,
         description="Webhook requests handled at once; beyond it a fast 503 asks the platform "
         "to retry later instead of a late 200 (0: no limit).",

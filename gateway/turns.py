@@ -21,7 +21,7 @@ from gateway.inbox import DONE, FAILED, InboxItem
 from gateway.logs import correlated
 from gateway.metrics import Metrics
 from identity.db import utcnow
-from identity.service import IdentityService
+from identity.service import live_user
 from kernel import memory
 from kernel.agent import APOLOGY, Agent
 from kernel.turn import TurnInput, TurnResult
@@ -57,7 +57,6 @@ class TurnRunner:
         self,
         *,
         sessions: async_sessionmaker[AsyncSession],
-        identity: IdentityService,
         agent: Agent,
         channels: dict[str, Channel],
         owner: str,
@@ -68,7 +67,6 @@ class TurnRunner:
         on_committed: Callable[[], None],
     ) -> None:
         self._sessions = sessions
-        self._identity = identity
         self._agent = agent
         self._channels = channels
         self._owner = owner
@@ -97,14 +95,15 @@ class TurnRunner:
                 channel,
             )
             return
-        user = await self._identity.get(item.user_id)
+        async with self._sessions() as session:  # one read for who and what was said
+            user = await live_user(session, item.user_id)
+            if user is not None:
+                history = await memory.recent(
+                    session, user.id, envelope.conversation_key, self._history
+                )
         if user is None:  # forgotten while queued
             await self._commit(item, TurnResult(error="user no longer exists"))
             return
-        async with self._sessions() as session:
-            history = await memory.recent(
-                session, user.id, envelope.conversation_key, self._history
-            )
 
         async def fetch(attachment: Attachment) -> bytes:
             return await channel.fetch_attachment(attachment, self._media_max_bytes)
