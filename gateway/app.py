@@ -40,7 +40,10 @@ def create_app(gateway: Gateway) -> Starlette:
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         if not at_head:
             return JSONResponse({"status": "schema not at head"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        health = gateway.llm_health
+        if health.ok is False and gateway.settings.readyz_requires_llm:
+            return JSONResponse({"status": "llm unavailable", "llm": health.status}, 503)
+        return JSONResponse({"status": "ready", "llm": health.status})
 
     limiter = WebhookLimiter(
         gateway.settings.webhook_max_in_flight, gateway.metrics.webhooks_in_flight

@@ -16,6 +16,7 @@ from gateway.channel_state import DatabaseChannelState
 from gateway.delivery import Deliverer, outbox_source
 from gateway.inbox import InboxItem
 from gateway.leases import worker_id
+from gateway.llm_health import LLMHealth
 from gateway.logs import correlated
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxItem
@@ -58,6 +59,7 @@ class Gateway:
         self.identity: IdentityService
         self.tools: Tools | None = None
         self.agent: Agent
+        self.llm_health = LLMHealth(None)
         self.turns: Pool[object]
         self.sends: Pool[object]
         self._progress = asyncio.Event()
@@ -96,6 +98,7 @@ class Gateway:
         self.identity = IdentityService(self.sessions)
         self.tools = build_tools(settings)
         self.agent = self._build_agent()
+        self.llm_health = LLMHealth(self.agent.llm)
         lease = settings.lease_seconds
         runner = TurnRunner(
             sessions=self.sessions,
@@ -153,6 +156,7 @@ class Gateway:
             if self._listener is not None:
                 await self._listener.stop()
                 self._listener = None
+            await self.llm_health.stop()
             with contextlib.suppress(Exception):
                 await self.turns.stop(timeout)
             with contextlib.suppress(Exception):  # replies of turns finished just now go out
@@ -189,6 +193,7 @@ class Gateway:
                 log.warning("warm-up: %s (the first turn will try again)", outcome)
         self.sends.start()
         self.turns.start()
+        self.llm_health.start()
         if not self.settings.is_sqlite:
             self._listener = PostgresListener(self.settings.database_url, self._wake_all)
             await self._listener.start()

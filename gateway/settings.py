@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         "", description="Public URL of this gateway, used to print webhook URLs."
     )
+    readyz_requires_llm: bool = Field(
+        False,
+        description="/readyz answers 503 while the LLM provider is unreachable (by default it "
+        "only reports it: messages are still stored and answered once it is back).",
+    )
     webhook_max_in_flight: int = Field(
         256,
         ge=0,

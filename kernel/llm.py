@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
 from typing import Any
+
+import httpx
 
 
 class LLMError(Exception):
@@ -132,3 +135,27 @@ class LLM:
         except Exception as exc:
             raise LLMError(f"{type(exc).__name__}: {exc}") from exc
         return str(getattr(response, "text", "") or "")
+
+    async def probe(self, client: httpx.AsyncClient) -> tuple[bool, str]:
+        """Can the provider be reached with our key? One cheap `GET {api base}/models`.
+
+        Costs no tokens. Any answer other than a 5xx or a refused key counts as reachable
+        (some providers have no model list but still answer); the reason is for people.
+        """
+        base = self.config.api_base or await asyncio.to_thread(self._default_api_base)
+        if not base:
+            return True, f"{self.config.model}: no API base to probe (assumed reachable)"
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        try:
+            response = await client.get(f"{base.rstrip('/')}/models", headers=headers)
+        except httpx.HTTPError as exc:
+            return False, f"unreachable: {type(exc).__name__}"
+        if response.status_code in (401, 403):
+            return False, f"the API key was refused (HTTP {response.status_code})"
+        if response.status_code >= 500:
+            return False, f"the provider is failing (HTTP {response.status_code})"
+        return True, "reachable"
+
+    def _default_api_base(self) -> str:
+        """The provider's own base URL for the model, as litellm would call it."""
+        return _litellm().get_api_base(self.config.model, {}) or ""
