@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
 
 from channels.base import Channel
 from channels.envelope import Envelope, Kind
@@ -64,13 +65,13 @@ class Gateway:
         self.sends: Pool[object]
         self._progress = asyncio.Event()
         self._started_channels: list[Channel] = []
-        self._app: object | None = None
+        self._app: Starlette | None = None
         self._lock: ProcessLock | None = None
         self._listener: PostgresListener | None = None
         self._processing: asyncio.Task[None] | None = None
 
     @property
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self) -> Starlette:
         """The Starlette app for this gateway, when its life is managed by the caller."""
         if self._app is None:
             from gateway.app import create_app
