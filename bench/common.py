@@ -302,6 +302,19 @@ async def temp_database(kind: str) -> AsyncIterator[str]:
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             yield f"sqlite+aiosqlite:///{tmp}/gateway.db"
         return
+    name = await _create_postgres()
+    try:
+        yield _postgres_url(name)
+    finally:
+        await _drop_postgres(name)
+
+
+def _postgres_url(name: str) -> str:
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+async def _create_postgres() -> str:
     import asyncpg
 
     name = f"gw_bench_{uuid.uuid4().hex[:12]}"
@@ -310,26 +323,33 @@ async def temp_database(kind: str) -> AsyncIterator[str]:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return name
+
+
+async def _drop_postgres(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
     try:
-        yield f"{base}/{name}"
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=10)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await conn.close()
 
 
 @contextlib.contextmanager
 def temp_database_sync(kind: str) -> Iterator[str]:
-    """`temp_database` for code without an event loop (nothing loop-bound spans the yield)."""
-    manager = temp_database(kind)
-    url = asyncio.run(manager.__aenter__())
+    """`temp_database` for code without an event loop. Not by driving the async generator
+    with two `asyncio.run`s: the first one's shutdown would finalise it (dropping the
+    database) right after it was created."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            yield f"sqlite+aiosqlite:///{tmp}/gateway.db"
+        return
+    name = asyncio.run(_create_postgres())
     try:
-        yield url
+        yield _postgres_url(name)
     finally:
-        asyncio.run(manager.__aexit__(None, None, None))
+        asyncio.run(_drop_postgres(name))
 
 
 async def postgres_problem() -> str | None:
