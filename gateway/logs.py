@@ -44,6 +44,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(?:EAA|ak_|sk-)[A-Za-z0-9_-]{10,}"), "[token]"),
     # Connect links carry a one-time token bound to one person
     (re.compile(r"(https?://[^\s/]*connect[^\s/]*/link/)[A-Za-z0-9_-]+"), r"\1[link]"),
+    # One-time link codes as shown to users (identity.linking: XXXX-XXXX, no I/L/O/U/0/1)
+    (re.compile(r"(?<![\w-])[2-9A-HJKMNP-TV-Z]{4}-[2-9A-HJKMNP-TV-Z]{4}(?![\w-])"), "[code]"),
     # Phone numbers: "+" and 7-15 digits (optionally separated), or a bare run of 10-15 digits
     (re.compile(r"(?<![\w+])\+\d[\d\s().-]{5,18}\d(?!\w)"), "[phone]"),
     (re.compile(r"(?<![\w.:-])\d{10,15}(?![\w.:-])"), "[phone]"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -84,6 +85,7 @@ def test_logs_mask_phone_numbers_tokens_and_links(json_lines: bool) -> None:
         "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
         "xoxb-1234567890-abcdefghijklmnop",
         "https://connect.composio.dev/link/lk_9f8e7d6c5b4a",
+        "K7MQ-4XZ9",  # a /link code
     ]
     for secret in secrets:
         record = logging.LogRecord("t", logging.INFO, __file__, 1, "value %s here", (secret,), None)
@@ -162,3 +164,37 @@ async def test_one_envelope_id_follows_each_message_from_webhook_to_send(
         webhook = [line for line in captured.lines if "webhook: 1 stored" in line["message"]]
         assert any(envelope_id in line["message"] for line in webhook)
     assert not any("secret plans" in line["message"] for line in captured.lines)
+
+
+async def test_a_link_code_and_message_text_never_reach_the_logs(
+    make_gateway: GatewayFactory, fake_llm: FakeLLM
+) -> None:
+    console = ConsoleChannel(token="log-secret")
+    gateway = await make_gateway([console])
+    captured = _JsonLines()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(captured)
+    root.setLevel(logging.INFO)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+        ) as client:
+            for n, text in enumerate(["/link", "call me at +1 650 555 0199"]):
+                response = await client.post(
+                    "/webhooks/console",
+                    json={"user": "ann", "text": text, "id": f"ann-{n}"},
+                    headers={"Authorization": "Bearer log-secret"},
+                )
+                assert response.status_code == 200
+            await gateway.wait_idle()
+    finally:
+        root.removeHandler(captured)
+        root.setLevel(level)
+
+    code = re.search(r"Your link code is (\S+)", console.sent[0].text)
+    assert code is not None, console.sent[0].text
+    logged = json.dumps(captured.lines)
+    assert captured.lines  # the turns were logged ...
+    for secret in (code.group(1), code.group(1).replace("-", ""), "650 555 0199", "call me"):
+        assert secret not in logged  # ... without the code, the number or the text
