@@ -42,6 +42,22 @@ async def test_readyz_reports_a_reachable_model(
     assert response.json() == {"status": "ready", "llm": "reachable"}
 
 
+async def test_a_failing_provider_is_reported(
+    make_gateway: GatewayFactory, fake_llm: FakeLLM
+) -> None:
+    fake_llm.models_status = 503
+    gateway = await make_gateway([ConsoleChannel()], readyz_requires_llm=True)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gw"
+    ) as client:
+        response = await probed(client)
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "llm unavailable",
+        "llm": "the provider is failing (HTTP 503)",
+    }
+
+
 @pytest.mark.parametrize("required", [False, True])
 async def test_an_unreachable_model_is_reported_and_fails_readiness_only_if_required(
     make_gateway: GatewayFactory, required: bool

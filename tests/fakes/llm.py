@@ -47,6 +47,7 @@ class FakeLLM:
         self.queue: deque[Scripted] = deque()
         self.delay = 0.0
         self.fail_status: int | None = None
+        self.models_status = 200  # what GET /v1/models answers (readiness probes)
         self.transcript = "this is the transcribed voice note"
         self.in_flight = 0
         self.max_in_flight = 0
@@ -74,6 +75,8 @@ class FakeLLM:
 
     # --- HTTP -------------------------------------------------------------------------
     async def _models(self, request: Request) -> Response:
+        if self.models_status != 200:
+            return JSONResponse({"error": {"message": "overloaded"}}, self.models_status)
         return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     async def _chat(self, request: Request) -> Response:
