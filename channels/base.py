@@ -65,6 +65,12 @@ class PermanentSendError(SendError):
     """Retrying cannot help (blocked by the user, invalid recipient, bad token)."""
 
 
+class ConversationClosed(PermanentSendError):
+    """Nothing more can be delivered to this conversation until its people write again
+    (the bot was blocked or removed, the channel archived, WhatsApp's 24-hour window
+    closed): what is queued for it is given up together, not tried one message at a time."""
+
+
 @dataclass
 class Received:
     """What a webhook request carried: envelopes to store, and the answer to give."""

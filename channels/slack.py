@@ -49,6 +49,7 @@ from channels.base import (
     Channel,
     ChannelError,
     ChannelState,
+    ConversationClosed,
     EnvelopeSink,
     MalformedPayload,
     PermanentSendError,
@@ -82,6 +83,8 @@ _PERMANENT = {
     "restricted_action", "invalid_arguments", "ekm_access_denied", "team_access_not_granted",
 }  # fmt: skip
 _TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+# The bot can no longer post there (removed, archived, deleted) until invited back.
+_CLOSED = {"channel_not_found", "is_archived", "not_in_channel"}
 _FATAL_AUTH = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
 
 
@@ -116,6 +119,8 @@ def _map_error(exc: SlackApiError) -> SendError:
         return RateLimited(f"slack: {error or 'ratelimited'}", retry_after)
     if status >= 500 or error in _TRANSIENT:
         return TransientSendError(f"slack: HTTP {status} {error or ''}".strip())
+    if error in _CLOSED:
+        return ConversationClosed(f"slack: {error}")
     return PermanentSendError(f"slack: {error or f'HTTP {status}'}")
 
 

@@ -40,6 +40,7 @@ from channels.base import (
     Channel,
     ChannelError,
     ChannelState,
+    ConversationClosed,
     EnvelopeSink,
     MalformedPayload,
     PermanentSendError,
@@ -477,7 +478,7 @@ def _send_error(exc: TelegramError) -> Exception:
         seconds = retry_after.total_seconds() if isinstance(retry_after, timedelta) else retry_after
         return RateLimited(exc.message, retry_after=float(seconds))
     if isinstance(exc, Forbidden):
-        return PermanentSendError(f"Telegram refused (bot blocked or removed): {exc.message}")
+        return ConversationClosed(f"Telegram refused (bot blocked or removed): {exc.message}")
     if isinstance(exc, BadRequest | InvalidToken | ChatMigrated):
         return PermanentSendError(f"Telegram rejected the message: {exc.message}")
     return TransientSendError(f"Telegram unreachable or failing: {exc.message}")

@@ -33,6 +33,7 @@ from starlette.responses import PlainTextResponse
 from channels.base import (
     Channel,
     ChannelError,
+    ConversationClosed,
     MalformedPayload,
     PermanentSendError,
     RateLimited,
@@ -269,7 +270,7 @@ def _send_error(exc: WhatsAppError) -> SendError:
             "free-form replies are refused until they write again (a template message is "
             "needed to re-engage). Marked failed, not retried."
         )
-        return PermanentSendError(f"re-engagement window closed: {label}")
+        return ConversationClosed(f"re-engagement window closed: {label}")
     if code == INVALID_TOKEN or isinstance(exc, AuthorizationError):
         log.error(
             "whatsapp: the Graph API rejected the access token; check WHATSAPP_TOKEN (%s)", code

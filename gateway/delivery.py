@@ -15,7 +15,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from channels.base import Channel, PermanentSendError, RateLimited, SendError
+from channels.base import (
+    Channel,
+    ConversationClosed,
+    PermanentSendError,
+    RateLimited,
+    SendError,
+)
 from channels.envelope import OutboundMessage
 from gateway import leases, outbox
 from gateway.leases import PENDING
@@ -120,6 +126,10 @@ class Deliverer:
             )
             self._metrics.rate_limit_wait.labels(message.channel).inc(delay)
             await self._retry(item, f"rate limited: {exc}", delay)
+        except ConversationClosed as exc:
+            await self._dead(
+                item, str(exc), COULD_NOT_DM if private_from_group else None, closed=True
+            )
         except PermanentSendError as exc:
             await self._dead(item, str(exc), COULD_NOT_DM if private_from_group else None)
         except Exception as exc:  # transient errors and anything unexpected: retry, bounded
@@ -165,17 +175,25 @@ class Deliverer:
                 available_at=utcnow() + timedelta(seconds=delay),
             )
 
-    async def _dead(self, item: ClaimedSend, error: str, notice: str | None = None) -> None:
+    async def _dead(
+        self, item: ClaimedSend, error: str, notice: str | None = None, *, closed: bool = False
+    ) -> None:
         log.warning("send %s dead-lettered: %s", item.seq, error)
-        self._metrics.outbound.labels(item.message.channel, "dead").inc()
+        dead = self._metrics.outbound.labels(item.message.channel, "dead")
+        dead.inc()
         async with self._sessions.begin() as session:
-            if (
-                await leases.finish(
-                    session, OutboxItem, item.seq, self._owner, status=DEAD, last_error=error
-                )
-                and notice
+            if not await leases.finish(
+                session, OutboxItem, item.seq, self._owner, status=DEAD, last_error=error
             ):
+                return
+            if notice:
                 self._notify_group(session, item, notice)
+            if closed:
+                key = outbox.ordering_key(item.message)
+                given_up = await outbox.close_conversation(session, key, error)
+                dead.inc(given_up)
+                if given_up:
+                    log.warning("conversation closed: %d queued sends given up", given_up)
 
     def _notify_group(self, session: AsyncSession, item: ClaimedSend, text: str) -> None:
         message = item.message

@@ -93,6 +93,17 @@ async def record_delivery(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def close_conversation(session: AsyncSession, conversation_key: str, reason: str) -> int:
+    """Dead-letter what is still queued for a conversation the platform closed: each
+    message would fail the same way. Replies to a later message go out as usual."""
+    result = await session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.conversation_key == conversation_key, OutboxItem.status == PENDING)
+        .values(status=DEAD, last_error=f"conversation closed: {reason}")
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def listing(
     session: AsyncSession, *, status: str | None = DEAD, limit: int = 50, offset: int = 0
 ) -> list[OutboxItem]:

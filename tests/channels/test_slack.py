@@ -13,6 +13,7 @@ import pytest
 
 from channels.base import (
     ChannelError,
+    ConversationClosed,
     MalformedPayload,
     PermanentSendError,
     RateLimited,
@@ -405,8 +406,11 @@ async def test_rate_limited_send_reports_retry_after(slack: SlackChannel, fake: 
 )
 async def test_permanent_errors(slack: SlackChannel, fake: FakeSlack, error: str) -> None:
     fake.fail("chat.postMessage", error)
-    with pytest.raises(PermanentSendError, match=error):
+    with pytest.raises(PermanentSendError, match=error) as info:
         await slack.send(outbound())
+    # Removed from the channel, or it is gone: what is queued there is given up together.
+    closed = error in ("channel_not_found", "not_in_channel", "is_archived")
+    assert isinstance(info.value, ConversationClosed) == closed
 
 
 async def test_server_errors_are_transient(slack: SlackChannel, fake: FakeSlack) -> None:

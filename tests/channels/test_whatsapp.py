@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from channels.base import (
     ChannelError,
+    ConversationClosed,
     MalformedPayload,
     PermanentSendError,
     RateLimited,
@@ -674,7 +675,7 @@ async def test_window_closed_is_permanent_and_logged(
     channel: WhatsAppChannel, fake: FakeGraphAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.fail_next(131047)
-    with pytest.raises(PermanentSendError) as info:
+    with pytest.raises(ConversationClosed) as info:  # until the user writes again
         await channel.send(out("too late"))
     assert "131047" in str(info.value)
     assert "24-hour" in caplog.text

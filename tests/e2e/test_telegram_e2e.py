@@ -235,6 +235,26 @@ async def test_403_is_dead_lettered_without_a_retry_loop(start: Any) -> None:
     assert row.status == "dead" and "blocked" in (row.last_error or "")
 
 
+async def test_a_blocked_chat_gives_up_its_queue_at_once_and_reopens_when_the_user_writes(
+    start: Any, fake_llm: FakeLLM
+) -> None:
+    tg = await start()
+    tg.fake.block(ALICE)
+    fake_llm.reply("All the details. " * 600)  # ~10,000 characters: three messages
+    await tg.post(load("private_text"))
+    await tg.gateway.wait_idle()
+    assert len(tg.fake.calls_to("sendMessage")) == 1  # the rest were not tried one by one
+    async with tg.gateway.sessions() as session:
+        rows = list(await session.scalars(select(OutboxItem).order_by(OutboxItem.seq)))
+    assert len(rows) == 3 and {r.status for r in rows} == {"dead"}
+    assert all((r.last_error or "").startswith("conversation closed") for r in rows[1:])
+
+    tg.fake.forbidden.pop(ALICE)  # Alice unblocks the bot and writes again
+    await tg.post(renumbered("private_text", update_id=900000001, message_id=9001))
+    await tg.gateway.wait_idle()
+    assert tg.texts(ALICE) == ["echo: Hello there! What's on my calendar?"]
+
+
 async def test_parse_error_is_resent_as_plain_text(start: Any, fake_llm: FakeLLM) -> None:
     tg = await start()
     fake_llm.reply("**Total:** 3 < 5 & done")
