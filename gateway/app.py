@@ -32,20 +32,21 @@ def create_app(gateway: Gateway) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    last_answer = [0.0]  # when the database last answered a readiness check
+    last_answer = 0.0  # when the database last answered a readiness check
 
     async def readyz(request: Request) -> Response:
+        nonlocal last_answer
         if gateway.engine is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
             async with asyncio.timeout(READYZ_DB_SECONDS):
                 at_head = await migrate.at_head(gateway.engine)
-            last_answer[0] = time.monotonic()
+            last_answer = time.monotonic()
         except TimeoutError:
             # Busy, not down: under a burst every connection (SQLite has one) is at work.
             # A database that answered recently is taken as up rather than pulling this
             # replica out of the load balancer when it is needed most.
-            if time.monotonic() - last_answer[0] > READYZ_BUSY_GRACE:
+            if time.monotonic() - last_answer > READYZ_BUSY_GRACE:
                 log.warning("readiness: database did not answer in %ss", READYZ_DB_SECONDS)
                 return JSONResponse({"status": "database not answering"}, status_code=503)
             at_head = True
