@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.process_lock import sqlite_path
 from gateway.settings import ConfigError, Settings, load_settings
 
 
@@ -19,10 +20,9 @@ def settings_or_exit() -> Settings:
     except ConfigError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
-    if settings.is_sqlite:
-        path = settings.database_url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(settings.database_url) if settings.is_sqlite else None
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     return settings
 
 

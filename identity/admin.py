@@ -5,9 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.linking import get_identity
 from identity.models import Identity, User
-
-MAX_ID = 2**31  # identity ids are 32-bit integers; anything larger cannot exist
 
 
 async def search_users(
@@ -63,8 +62,7 @@ async def find_identity_ref(session: AsyncSession, ref: str) -> Identity | None:
     one account of that channel knows the id) or `channel:account:user id`."""
     ref = ref.strip()
     if ref.isdigit():
-        number = int(ref)
-        return await session.get(Identity, number) if number < MAX_ID else None
+        return await get_identity(session, int(ref))
     parts = ref.split(":")
     if len(parts) < 2:
         return None
